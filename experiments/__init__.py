@@ -1,0 +1,1 @@
+"""The course's experiments: plain PyTorch ``Experiment`` classes, one module each."""

@@ -1,0 +1,204 @@
+"""Command line: argument parsing and printing only. ``ConfigError`` becomes one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+
+from hypersweep.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+_out = Console(highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hypersweep")
+def cli() -> None:
+    """hypersweep: hyperparameter sweeps of PyTorch models (Ray Tune, Optuna, ASHA, MLflow)."""
+
+
+def _sweep_options(fn: Any) -> Any:
+    options = [
+        click.option("--num-samples", type=int, help="Trials to run."),
+        click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
+        click.option(
+            "--scheduler", type=click.Choice(["asha", "fifo"]), help="fifo: no early stopping."
+        ),
+        click.option(
+            "--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."
+        ),
+        click.option("--cpus-per-trial", type=float),
+        click.option(
+            "--gpus-per-trial", type=float, help="Fractional GPUs allowed (0.25 = 4 per GPU)."
+        ),
+        click.option(
+            "--max-concurrent", type=int, help="Trials at once (default: as many as fit)."
+        ),
+        click.option(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+        ),
+        click.option(
+            "--storage",
+            help="Where Tune keeps trial state (path or URI; default ./hypersweep_runs).",
+        ),
+        click.option(
+            "--seed", type=int, help="Seed of the sampler, data split and initialisation."
+        ),
+        click.option(
+            "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any sweep key."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return click.argument("sweep_file", type=click.Path(dir_okay=False))(fn)
+
+
+def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> Any:
+    from hypersweep.config import load_sweep
+    from hypersweep.tuning import check_experiment
+
+    values = {
+        "num_samples": flags.get("num_samples"),
+        "max_epochs": flags.get("max_epochs"),
+        "scheduler.type": flags.get("scheduler"),
+        "search.type": flags.get("search"),
+        "search.seed": flags.get("seed"),
+        "resources.cpus_per_trial": flags.get("cpus_per_trial"),
+        "resources.gpus_per_trial": flags.get("gpus_per_trial"),
+        "resources.max_concurrent": flags.get("max_concurrent"),
+        "tracking_uri": flags.get("tracking_uri"),
+        "storage": flags.get("storage"),
+    }
+    spec = load_sweep(sweep_file, overrides, values)
+    check_experiment(spec)
+    return spec
+
+
+@cli.command()
+@_sweep_options
+@click.option("--address", help="Ray cluster address (default: start Ray on this machine).")
+def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flags: Any) -> None:
+    """Run the sweep in SWEEP_FILE."""
+    from hypersweep.console import Progress
+    from hypersweep.tuning import run_sweep
+
+    spec = _load(sweep_file, overrides, flags)
+    _out.print(
+        f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, "
+        f"{spec.search.type} search, {spec.scheduler.type} scheduler"
+    )
+    with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
+        outcome = run_sweep(spec, address=address, progress=progress)
+    _print_outcome(spec, outcome)
+    sys.exit(EXIT_FAILED if outcome.failed else EXIT_OK)
+
+
+def _print_outcome(spec: Any, outcome: Any) -> None:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
+    _out.print(
+        f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
+        f"trial time {outcome.trial_seconds:.1f} s"
+    )
+    if outcome.best is None:
+        _out.print("[red]no trial finished with a valid result[/]")
+    else:
+        best = outcome.best
+        _out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
+        _out.print(
+            "  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(best.config.items()))
+        )
+        _out.print(f"  MLflow run: {best.run_id}")
+    _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
+    _out.print(f"trial state: {outcome.storage_path}")
+    _out.print(f"compare the runs: hypersweep ui --tracking-uri {outcome.tracking_uri}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@cli.command()
+@_sweep_options
+def validate(sweep_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Check SWEEP_FILE (schema, search space, experiment import) without starting anything."""
+    spec = _load(sweep_file, overrides, flags)
+    _out.print(
+        f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
+        f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}"
+    )
+
+
+@cli.command()
+@click.argument("sweep")
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+)
+def best(sweep: str, tracking_uri: str | None) -> None:
+    """Best trial of SWEEP (a sweep id, or a sweep name for its latest run)."""
+    from hypersweep.tracking import find_best, resolve_tracking_uri
+
+    summary = find_best(sweep, tracking_uri=resolve_tracking_uri(tracking_uri))
+    _out.print(f"sweep {summary.sweep_id} (parent run {summary.parent_run_id})")
+    _out.print(f"best trial {summary.trial_id}: {summary.metric} = {summary.value:.5g}")
+    _out.print(f"MLflow run id: {summary.run_id}")
+    for key, value in sorted(summary.config.items()):
+        _out.print(f"  {key}: {value}")
+
+
+@cli.command()
+@click.option(
+    "--tracking-uri",
+    help="Backend store to show (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Bind address; anything but loopback exposes the UI.",
+)
+def ui(tracking_uri: str | None, port: int, host: str) -> None:
+    """Open the MLflow UI on 127.0.0.1 to compare the runs."""
+    from hypersweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        Console(stderr=True).print(
+            f"[yellow]warning: the MLflow UI on {host} is reachable by anyone who can reach this machine[/]"
+        )
+    _out.print(f"MLflow UI for {uri}: http://{host}:{port}")
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    os.execv(sys.executable, args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: bad input is one line on stderr and exit 2, never a traceback."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except ConfigError as exc:
+        click.echo(exc.line(), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.UsageError as exc:
+        click.echo(f"error: command line: {exc.format_message()}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)

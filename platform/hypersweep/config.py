@@ -1,0 +1,217 @@
+"""The sweep file: schema, loading, ``--set key=value`` overrides, defaults.
+
+Everything a sweep needs is validated here, once, into a frozen ``SweepSpec``; every error names
+the file and the key path (``error: sweep.yaml: scheduler.grace_period: ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hypersweep.errors import ConfigError, did_you_mean
+from hypersweep.search_space import SearchSpace, parse_search_space
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SchedulerSpec(_Frozen):
+    """ASHA stops weak trials at rungs grace_period * reduction_factor**k epochs; fifo never does."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+
+
+class SearchSpec(_Frozen):
+    """optuna = seeded TPE; random = seeded random sampling (same space, same conditions)."""
+
+    type: Literal["optuna", "random"] = "optuna"
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class ResourcesSpec(_Frozen):
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
+    # None: as many as the cluster's CPUs (and GPUs) fit at once.
+    max_concurrent: Annotated[int | None, Field(ge=1)] = None
+
+
+class TrainingSpec(_Frozen):
+    """Lessons built into every trial: early stopping, the divergence guard, clipping."""
+
+    # Epochs without a val_loss improvement of more than min_delta before a trial stops itself;
+    # null turns within-trial early stopping off.
+    patience: Annotated[int | None, Field(ge=1)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    # A loss that is NaN/inf, or above divergence_factor x the first epoch's, ends the trial.
+    divergence_factor: Annotated[float, Field(gt=1)] = 10.0
+    grad_clip_norm: Annotated[float | None, Field(gt=0)] = None
+
+
+class SweepSpec(_Frozen):
+    """A validated sweep; ``source`` is the file it came from (for messages and artifacts)."""
+
+    name: Annotated[str, Field(pattern=_NAME, max_length=100)]
+    experiment: Annotated[str, Field(pattern=_IMPORT_PATH)]
+    search_space: SearchSpace
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    max_epochs: Annotated[int, Field(ge=1)] = 20
+    num_samples: Annotated[int, Field(ge=1)] = 16
+    scheduler: SchedulerSpec = SchedulerSpec()
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    training: TrainingSpec = TrainingSpec()
+    tracking_uri: str | None = None
+    storage: str | None = None
+    source: Path = Path("<inline>")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.max_epochs:
+            raise _KeyedError(
+                "scheduler.grace_period",
+                f"{self.scheduler.grace_period} exceeds max_epochs ({self.max_epochs})",
+            )
+        clash = sorted(set(self.fixed) & set(self.search_space.names))
+        if clash:
+            raise _KeyedError(f"fixed.{clash[0]}", "is also in the search space")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The sweep as plain data, search space inlined: what the parent run stores."""
+        data = self.model_dump(mode="json", exclude={"search_space", "source"})
+        data["search_space"] = self.search_space.as_dict()
+        return data
+
+
+class _KeyedError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None
+) -> SweepSpec:
+    """Load a sweep file, apply ``--set key.path=value`` overrides, then ``values`` (CLI flags,
+    dotted keys, already typed), and validate."""
+    file = Path(path)
+    source = str(path)
+    raw = _read_yaml(file, source)
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(source, "", "must be a non-empty mapping of sweep settings")
+    data = copy.deepcopy(dict(raw))
+    for item in overrides:
+        apply_override(data, item)
+    for key, value in (values or {}).items():
+        if value is not None:
+            set_path(data, key, value, source="command line")
+    return build_spec(data, file)
+
+
+def _read_yaml(file: Path, source: str) -> Any:
+    if not file.is_file():
+        raise ConfigError(source, "", "file not found")
+    try:
+        # safe_load: a `!!python/...` tag is an error, never executed.
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, where, f"invalid YAML: {problem}") from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; value is parsed as YAML (``[32, 16]``, ``0.1``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", item, "expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError("--set", key, f"cannot parse value {text!r}") from None
+    set_path(data, key.strip(), value, source="--set")
+
+
+def set_path(data: dict[str, Any], key: str, value: Any, *, source: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key`` 'a.b.c', creating sections as needed."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, key, f"'{part}' is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_spec(data: Mapping[str, Any], file: Path) -> SweepSpec:
+    source = str(file)
+    fields = dict(data)
+    fields["search_space"] = _load_space(fields.get("search_space"), file)
+    fields["source"] = file
+    try:
+        return SweepSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise _to_config_error(exc, source) from None
+
+
+def _load_space(value: Any, file: Path) -> SearchSpace:
+    source = str(file)
+    if value is None:
+        raise ConfigError(source, "search_space", "missing: a file path or an inline mapping")
+    if isinstance(value, str):
+        space_file = (file.parent / value).resolve()
+        if not space_file.is_file():
+            raise ConfigError(source, "search_space", f"file not found: {value}")
+        space_source = _display(space_file)
+        return parse_search_space(_read_yaml(space_file, space_source), space_source)
+    return parse_search_space(value, source, prefix="search_space.")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _to_config_error(exc: ValidationError, source: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _KeyedError):
+        return ConfigError(source, ctx_error.key, str(ctx_error))
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        return ConfigError(source, key, f"unknown key{did_you_mean(loc[-1], _fields_at(loc))}")
+    if err["type"] == "missing":
+        return ConfigError(source, key, "missing required key")
+    return ConfigError(source, key, err["msg"].removeprefix("Value error, "))
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """The valid keys of the section that holds ``loc[-1]`` (for did-you-mean hints)."""
+    model: type[BaseModel] = SweepSpec
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [f for f in model.model_fields if f != "source"]

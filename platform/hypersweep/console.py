@@ -1,0 +1,84 @@
+"""The compact live view of a running sweep (rich), fed by the tuning loop. No Ray, no MLflow."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+
+class Progress:
+    """Counts trials by state and keeps the best value; one status line on a terminal.
+
+    Off a terminal (CI, pipes) it prints one line per finished trial instead of redrawing.
+    """
+
+    def __init__(
+        self, *, total: int, metric: str, mode: str, console: Console | None = None
+    ) -> None:
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.total, self.metric, self.mode = total, metric, mode
+        self.running: set[str] = set()
+        self.finished: Counter[str] = Counter()
+        self.best: tuple[float, str] | None = None
+        self.started = time.monotonic()
+        self._live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self._live = Live(
+                self._line(), console=self.console, refresh_per_second=4, transient=True
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+        self.console.print(self._line())
+
+    def trial_started(self, trial_id: str) -> None:
+        self.running.add(trial_id)
+        self._refresh()
+
+    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
+            return
+        if math.isfinite(value) and self._better(float(value)):
+            self.best = (float(value), trial_id)
+        self._refresh()
+
+    def trial_finished(self, trial_id: str, *, status: str, epochs: int) -> None:
+        self.running.discard(trial_id)
+        self.finished[status] += 1
+        if self._live is None:
+            done = sum(self.finished.values())
+            self.console.print(
+                f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)"
+            )
+        self._refresh()
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._line())
+
+    def _line(self) -> Text:
+        done = sum(self.finished.values())
+        parts = [f"trials {done}/{self.total} finished", f"{len(self.running)} running"]
+        parts += [f"{n} {status}" for status, n in sorted(self.finished.items())]
+        if self.best is not None:
+            parts.append(f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})")
+        parts.append(f"{time.monotonic() - self.started:.0f}s")
+        return Text(" · ".join(parts))

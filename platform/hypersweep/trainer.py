@@ -1,0 +1,294 @@
+"""The generic epoch loop every experiment uses. PyTorch only: no Ray, no MLflow.
+
+Per epoch it trains on shuffled mini-batches of the trial's ``batch_size``, evaluates the
+validation split, and reports ``train_loss``, ``val_loss`` and the experiment's metrics through a
+``Reporter``. Built in for every experiment: the optimizer factory, within-trial early stopping
+(patience on ``val_loss``), a divergence guard, optional gradient clipping, checkpoints that
+resume exactly, and determinism given a seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from hypersweep.experiment import Data, Experiment, Output, Split
+
+StopReason = Literal["completed", "patience", "diverged"]
+
+# Keys the trainer reads from a trial's config (the rest is the experiment's).
+TRAINER_DEFAULTS: Mapping[str, Any] = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32}
+_EVAL_CHUNK = 4096  # rows per forward pass when evaluating (bounds eval memory)
+
+
+def _sgd(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+
+
+def _momentum(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=float(c.get("momentum", 0.9)), weight_decay=wd)
+
+
+def _nesterov(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    m = float(c.get("momentum", 0.9))
+    return torch.optim.SGD(params, lr=lr, momentum=m, nesterov=True, weight_decay=wd)
+
+
+def _betas(c: Mapping[str, Any]) -> tuple[float, float]:
+    return float(c.get("beta1", 0.9)), float(c.get("beta2", 0.999))
+
+
+def _adam(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=_betas(c), weight_decay=wd)
+
+
+def _adamw(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    # AdamW decouples weight decay; 0.01 is PyTorch's own default.
+    return torch.optim.AdamW(
+        params, lr=lr, betas=_betas(c), weight_decay=float(c.get("weight_decay", 0.01))
+    )
+
+
+def _rmsprop(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=lr, alpha=float(c.get("alpha", 0.99)), weight_decay=wd)
+
+
+def _adagrad(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+
+
+_OptimizerFactory = Callable[[Any, Mapping[str, Any], float, float], torch.optim.Optimizer]
+OPTIMIZERS: Mapping[str, _OptimizerFactory] = {
+    "sgd": _sgd,
+    "momentum": _momentum,
+    "nesterov": _nesterov,
+    "adam": _adam,
+    "adamw": _adamw,
+    "rmsprop": _rmsprop,
+    "adagrad": _adagrad,
+}
+
+
+def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer named by ``config['optimizer']`` with the config's lr and its own options.
+
+    ``momentum`` is SGD with momentum (``config['momentum']``, default 0.9); Adam/AdamW read
+    ``beta1``/``beta2``; ``weight_decay`` applies to all (AdamW's is decoupled).
+    """
+    name = str(config.get("optimizer", TRAINER_DEFAULTS["optimizer"])).lower()
+    factory = OPTIMIZERS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown optimizer '{name}'; known: {', '.join(OPTIMIZERS)}")
+    lr = float(config.get("lr", TRAINER_DEFAULTS["lr"]))
+    return factory(model.parameters(), config, lr, float(config.get("weight_decay", 0.0)))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_epochs: int
+    seed: int = 0
+    patience: int | None = 5
+    min_delta: float = 0.0
+    divergence_factor: float = 10.0
+    grad_clip_norm: float | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class TrainerState:
+    """Everything needed to continue a trial exactly where it stopped (a checkpoint)."""
+
+    epoch: int = 0  # epochs completed
+    initial_loss: float = math.nan  # untrained model's val_loss: the divergence reference
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    best_model: dict[str, Tensor] = field(default_factory=dict)
+    model: dict[str, Tensor] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainerState:
+        return cls(**dict(data))
+
+
+class Reporter(Protocol):
+    """Where the loop sends each epoch's results (Ray Tune, a test, a plain script)."""
+
+    def restore(self) -> TrainerState | None:
+        """Called once before training: the state to resume from, or None to start fresh."""
+
+    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
+        """Called after every epoch; ``state()`` builds a checkpoint if the reporter wants one."""
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    epochs: int
+    stop_reason: StopReason
+    best_val_loss: float
+    history: list[dict[str, Any]]
+
+
+def fit(
+    experiment: Experiment,
+    data: Data,
+    config: Mapping[str, Any],
+    settings: TrainSettings,
+    reporter: Reporter,
+) -> FitResult:
+    """Train one trial to ``max_epochs`` or until early stopping or divergence ends it."""
+    cfg = {**TRAINER_DEFAULTS, **experiment.default_config, **config}
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = experiment.build_model(cfg, data).to(device)
+    optimizer = make_optimizer(model, cfg)
+    shuffle = torch.Generator().manual_seed(settings.seed)
+    state = reporter.restore()
+    if state is not None:
+        _load_state(state, model, optimizer, shuffle)
+    else:
+        state = TrainerState(initial_loss=_evaluate(experiment, model, data.val)[0])
+    loop = _Loop(experiment, data, cfg, settings, model, optimizer, shuffle, state)
+    return loop.run(reporter)
+
+
+@dataclass
+class _Loop:
+    experiment: Experiment
+    data: Data
+    cfg: Mapping[str, Any]
+    settings: TrainSettings
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    state: TrainerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self, reporter: Reporter) -> FitResult:
+        reason: StopReason | None = None
+        while reason is None and self.state.epoch < self.settings.max_epochs:
+            metrics = self._epoch()
+            reason = self._stop_reason(metrics)
+            if reason is None and self.state.epoch >= self.settings.max_epochs:
+                reason = "completed"
+            if reason is not None:
+                metrics["stop_reason"] = reason
+            self.history.append(metrics)
+            reporter.report(metrics, self._snapshot)
+        best = self.state.best_model
+        if best and reason != "diverged":
+            self.model.load_state_dict(best)
+        return FitResult(
+            self.model,
+            self.state.epoch,
+            reason or "completed",
+            self.state.best_val_loss,
+            self.history,
+        )
+
+    def _epoch(self) -> dict[str, Any]:
+        train_loss = self._train_epoch()
+        self.state.epoch += 1
+        metrics: dict[str, Any] = {"epoch": self.state.epoch, "train_loss": train_loss}
+        if not math.isfinite(train_loss):
+            metrics["val_loss"] = math.inf
+            return metrics
+        val_loss, extra = _evaluate(self.experiment, self.model, self.data.val)
+        metrics["val_loss"] = val_loss
+        metrics.update(extra)
+        return metrics
+
+    def _train_epoch(self) -> float:
+        """Mean training loss over the epoch; inf as soon as a batch loss is not finite."""
+        self.model.train()
+        train = self.data.train
+        batch_size = max(1, int(self.cfg["batch_size"]))
+        order = torch.randperm(len(train), generator=self.shuffle).to(train.inputs.device)
+        total, seen = 0.0, 0
+        for start in range(0, len(train), batch_size):
+            idx = order[start : start + batch_size]
+            loss = self.experiment.loss(self.model(train.inputs[idx]), train.targets[idx])
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return math.inf  # diverged: stop within this epoch, don't step on NaN grads
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.settings.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip_norm)
+            self.optimizer.step()
+            total += value * len(idx)
+            seen += len(idx)
+        return total / max(seen, 1)
+
+    def _stop_reason(self, metrics: Mapping[str, Any]) -> StopReason | None:
+        val, train = float(metrics["val_loss"]), float(metrics["train_loss"])
+        limit = self.settings.divergence_factor * max(abs(self.state.initial_loss), 1e-8)
+        if not (math.isfinite(val) and math.isfinite(train)) or max(val, train) > limit:
+            return "diverged"
+        if val < self.state.best_val_loss - self.settings.min_delta:
+            self.state.best_val_loss = val
+            self.state.bad_epochs = 0
+            self.state.best_model = _cpu_copy(self.model.state_dict())
+            return None
+        self.state.bad_epochs += 1
+        patience = self.settings.patience
+        return "patience" if patience is not None and self.state.bad_epochs >= patience else None
+
+    def _snapshot(self) -> TrainerState:
+        snap = copy.copy(self.state)
+        snap.model = _cpu_copy(self.model.state_dict())
+        snap.optimizer = copy.deepcopy(self.optimizer.state_dict())
+        snap.rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        return snap
+
+
+def _evaluate(
+    experiment: Experiment, model: nn.Module, split: Split
+) -> tuple[float, dict[str, float]]:
+    """(val_loss, metrics) on a whole split, in eval mode without gradients."""
+    model.eval()
+    with torch.no_grad():
+        chunks = [
+            model(split.inputs[i : i + _EVAL_CHUNK]) for i in range(0, len(split), _EVAL_CHUNK)
+        ]
+        output = _concat(chunks)
+        loss = float(experiment.loss(output, split.targets))
+        extra = experiment.metrics(output, split.targets) if math.isfinite(loss) else {}
+    return loss, {k: float(v) for k, v in extra.items()}
+
+
+def _concat(chunks: list[Output]) -> Output:
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    if isinstance(first, Tensor):
+        return torch.cat([c for c in chunks if isinstance(c, Tensor)])
+    return tuple(torch.cat([c[i] for c in chunks]) for i in range(len(first)))
+
+
+def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _load_state(
+    state: TrainerState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+) -> None:
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    if state.rng:
+        torch.set_rng_state(state.rng["torch"])
+        shuffle.set_state(state.rng["shuffle"])

@@ -1,0 +1,333 @@
+"""The only place that builds a Ray Tune ``Tuner``: searcher, scheduler, resources, storage.
+
+``run_sweep`` is the whole sweep: connect to Ray, open the MLflow parent run, run the trials
+(OptunaSearch proposes, ASHA stops, several trials at once), record the best trial, end the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hypersweep import cluster
+from hypersweep.config import SweepSpec
+from hypersweep.console import Progress
+from hypersweep.errors import ConfigError
+from hypersweep.experiment import Data, Experiment
+from hypersweep.registry import import_roots, resolve_experiment
+from hypersweep.tracking import BestTrial, SweepRecorder, resolve_tracking_uri
+from hypersweep.trainer import TrainerState, TrainSettings, fit
+
+# Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Tune's own console output (tables per result) would drown the CLI's compact progress line.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_id: str
+    parent_run_id: str
+    tracking_uri: str
+    storage_path: str
+    best: BestTrial | None
+    statuses: dict[str, int]
+    wall_seconds: float
+    trial_seconds: float  # sum of the trials' own running times
+
+    @property
+    def failed(self) -> bool:
+        return self.best is None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every trial of a sweep shares; shipped once to the workers through the object store."""
+
+    experiment: str
+    roots: tuple[str, ...]
+    settings: TrainSettings
+    threads: int
+    gpus: float
+    metric: str
+    mode: str
+
+
+def new_sweep_id(name: str) -> str:
+    return f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def storage_path(storage: str | None) -> str:
+    """Where Tune keeps trial state and checkpoints: an absolute path or a URI (s3://...)."""
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or "hypersweep_runs").resolve())
+
+
+def run_sweep(
+    spec: SweepSpec, *, address: str | None = None, progress: Progress | None = None
+) -> SweepOutcome:
+    roots = import_roots(spec.source)
+    resolve_experiment(spec.experiment, roots, source=str(spec.source))
+    info = cluster.connect(address=address, import_roots=roots)
+    try:
+        cluster.check_resources(spec.resources, info, source=str(spec.source))
+        return _run(spec, roots, cluster.concurrency(spec.resources, info), progress)
+    finally:
+        cluster.shutdown()
+
+
+def _run(
+    spec: SweepSpec, roots: list[str], concurrent: int, progress: Progress | None
+) -> SweepOutcome:
+    started = time.monotonic()
+    sweep_id = new_sweep_id(spec.name)
+    recorder = SweepRecorder(
+        tracking_uri=resolve_tracking_uri(spec.tracking_uri), metric=spec.metric, mode=spec.mode
+    )
+    parent = recorder.start_sweep(name=spec.name, sweep_id=sweep_id, settings=spec.resolved())
+    callback = _TrackingCallback(recorder, progress)
+    tuner = build_tuner(
+        spec, roots=roots, sweep_id=sweep_id, concurrent=concurrent, callbacks=[callback]
+    )
+    results: tune.ResultGrid | None = None
+    try:
+        results = tuner.fit()
+    finally:
+        best = recorder.best_trial()
+        checkpoint = _checkpoint_of(results, best)
+        with checkpoint or contextlib.nullcontext() as best_dir:
+            best = recorder.finish_sweep(
+                best_weights=Path(best_dir) / "model.pt" if best_dir else None,
+                failed=results is None or best is None,
+            )
+    return SweepOutcome(
+        sweep_id=sweep_id,
+        parent_run_id=parent,
+        tracking_uri=recorder.tracking_uri,
+        storage_path=str(Path(storage_path(spec.storage)) / sweep_id),
+        best=best,
+        statuses=dict(callback.statuses),
+        wall_seconds=time.monotonic() - started,
+        trial_seconds=sum(float(r.metrics.get("time_total_s", 0.0)) for r in results or []),
+    )
+
+
+def build_tuner(
+    spec: SweepSpec,
+    *,
+    roots: list[str],
+    sweep_id: str,
+    concurrent: int,
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
+    job = _Job(
+        experiment=spec.experiment,
+        roots=tuple(roots),
+        settings=TrainSettings(
+            max_epochs=spec.max_epochs,
+            seed=spec.search.seed,
+            patience=spec.training.patience,
+            min_delta=spec.training.min_delta,
+            divergence_factor=spec.training.divergence_factor,
+            grad_clip_norm=spec.training.grad_clip_norm,
+        ),
+        threads=max(1, int(spec.resources.cpus_per_trial)),
+        gpus=spec.resources.gpus_per_trial,
+        metric=spec.metric,
+        mode=spec.mode,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=dict(spec.fixed),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.num_samples,
+            search_alg=_searcher(spec),
+            scheduler=_scheduler(spec),
+            # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
+            max_concurrent_trials=concurrent,
+            # Trials reuse worker processes: no actor start-up, imports or data load per trial.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=storage_path(spec.storage),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _searcher(spec: SweepSpec) -> OptunaSearch:
+    seed = spec.search.seed
+    sampler: optuna.samplers.BaseSampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if spec.search.type == "optuna"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    return OptunaSearch(
+        space=spec.search_space.define_by_run, metric=spec.metric, mode=spec.mode, sampler=sampler
+    )
+
+
+def _scheduler(spec: SweepSpec) -> TrialScheduler:
+    if spec.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=spec.max_epochs,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+# -- driver side: Tune events -> MLflow and the live view -------------------------------------
+class _TrackingCallback(tune.Callback):
+    def __init__(self, recorder: SweepRecorder, progress: Progress | None) -> None:
+        self.recorder = recorder
+        self.progress = progress
+        self.statuses: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config with the experiment state; the MLflow client and the
+        # terminal are live objects of this driver, so they are not part of it.
+        return {"statuses": self.statuses, "recorder": None, "progress": None}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.recorder.trial_started(trial.trial_id, trial.config)
+        if self.progress:
+            self.progress.trial_started(trial.trial_id)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self.recorder.trial_result(trial.trial_id, result)
+        if self.progress:
+            self.progress.trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        reason = (trial.last_result or {}).get("stop_reason")
+        status = STATUS_BY_REASON.get(reason, "early_stopped")
+        self._finish(trial, status, reason or "asha")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self._finish(trial, "failed", "error", error=str(error) if error else "")
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self.recorder.flush()
+
+    def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
+        self.recorder.trial_finished(trial.trial_id, status=status, stop_reason=reason, error=error)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if self.progress:
+            epochs = int((trial.last_result or {}).get("epoch", 0))
+            self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
+
+
+def _checkpoint_of(results: tune.ResultGrid | None, best: BestTrial | None) -> Any:
+    """The best trial's last checkpoint as a local directory context (its model.pt = best weights)."""
+    if results is None or best is None:
+        return None
+    for result in results:
+        if result.metrics.get("trial_id") == best.trial_id and result.checkpoint is not None:
+            return result.checkpoint.as_directory()
+    return None
+
+
+# -- worker side: one trial -------------------------------------------------------------------
+_DATA_CACHE: dict[tuple[str, int, str], tuple[Experiment, Data]] = {}
+
+
+def _trainable(config: dict[str, Any], job: _Job) -> None:
+    torch.set_num_threads(job.threads)
+    device = _device(job.gpus)
+    experiment, data = _experiment_and_data(job, device)
+    fit(
+        experiment,
+        data,
+        config,
+        replace(job.settings, device=str(device)),
+        _TuneReporter(job.metric, job.mode),
+    )
+
+
+def _device(gpus: float) -> torch.device:
+    if gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the trial was given {gpus:g} GPU but PyTorch sees no CUDA device")
+    return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+
+
+def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
+    """Load each dataset once per worker process (trials reuse the process) and device."""
+    key = (job.experiment, job.settings.seed, str(device))
+    if key not in _DATA_CACHE:
+        cls = resolve_experiment(job.experiment, list(job.roots))
+        experiment = cls()
+        _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
+    return _DATA_CACHE[key]
+
+
+class _TuneReporter:
+    """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
+
+    def restore(self) -> TrainerState | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
+        return TrainerState.from_dict(state)
+
+    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
+        result = dict(metrics)
+        value = result.get(self.metric)
+        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
+            # The searcher and ASHA must see a diverged trial as the worst possible outcome.
+            result[self.metric] = math.inf if self.mode == "min" else -math.inf
+        snapshot = state()
+        with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
+            torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
+            torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def check_experiment(spec: SweepSpec) -> type[Experiment]:
+    """Import the sweep's experiment and check the metric exists (``validate`` and ``run``)."""
+    cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=str(spec.source))
+    known = ("train_loss", "val_loss", *cls.metric_names)
+    if spec.metric not in known:
+        raise ConfigError(
+            str(spec.source),
+            "metric",
+            f"'{spec.metric}' is not reported; known: {', '.join(known)}",
+        )
+    return cls
