@@ -23,8 +23,8 @@ def split_tabular(
     training. ``x`` is (N, F); ``y`` is (N,) and becomes (N, 1) float32.
     """
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
-    n_val = int(round(len(x) * val_fraction))
+    n_test = round(len(x) * test_fraction)
+    n_val = round(len(x) * val_fraction)
     test, val, train = np.split(order, [n_test, n_test + n_val])
     mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
     y = y.astype(np.float64)

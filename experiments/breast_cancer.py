@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import torch
 from sklearn.datasets import load_breast_cancer
 from torch import Tensor, nn
 

@@ -26,19 +26,11 @@ def _sweep_options(fn: Any) -> Any:
     options = [
         click.option("--num-samples", type=int, help="Trials to run."),
         click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
-        click.option(
-            "--scheduler", type=click.Choice(["asha", "fifo"]), help="fifo: no early stopping."
-        ),
-        click.option(
-            "--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."
-        ),
+        click.option("--scheduler", type=click.Choice(["asha", "fifo"]), help="fifo: no early stopping."),
+        click.option("--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."),
         click.option("--cpus-per-trial", type=float),
-        click.option(
-            "--gpus-per-trial", type=float, help="Fractional GPUs allowed (0.25 = 4 per GPU)."
-        ),
-        click.option(
-            "--max-concurrent", type=int, help="Trials at once (default: as many as fit)."
-        ),
+        click.option("--gpus-per-trial", type=float, help="Fractional GPUs allowed (0.25 = 4 per GPU)."),
+        click.option("--max-concurrent", type=int, help="Trials at once (default: as many as fit)."),
         click.option(
             "--tracking-uri",
             help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
@@ -47,9 +39,7 @@ def _sweep_options(fn: Any) -> Any:
             "--storage",
             help="Where Tune keeps trial state (path or URI; default ./hypersweep_runs).",
         ),
-        click.option(
-            "--seed", type=int, help="Seed of the sampler, data split and initialisation."
-        ),
+        click.option("--seed", type=int, help="Seed of the sampler, data split and initialisation."),
         click.option(
             "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any sweep key."
         ),
@@ -61,7 +51,7 @@ def _sweep_options(fn: Any) -> Any:
 
 def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> Any:
     from hypersweep.config import load_sweep
-    from hypersweep.tuning import check_experiment
+    from hypersweep.registry import check_experiment
 
     values = {
         "num_samples": flags.get("num_samples"),
@@ -110,9 +100,7 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
     else:
         best = outcome.best
         _out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
-        _out.print(
-            "  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(best.config.items()))
-        )
+        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(best.config.items())))
         _out.print(f"  MLflow run: {best.run_id}")
     _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
     _out.print(f"trial state: {outcome.storage_path}")

@@ -33,9 +33,7 @@ def connect(*, address: str | None, import_roots: list[str]) -> ClusterInfo:
     """
     if ray.is_initialized():
         ray.shutdown()
-    pythonpath = os.pathsep.join([*import_roots, os.environ.get("PYTHONPATH", "")]).strip(
-        os.pathsep
-    )
+    pythonpath = os.pathsep.join([*import_roots, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
     ray.init(
         address=address,
         include_dashboard=False,

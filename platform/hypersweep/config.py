@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hypersweep.errors import ConfigError, did_you_mean
+from hypersweep.errors import ConfigError, did_you_mean, first_error
 from hypersweep.search_space import SearchSpace, parse_search_space
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -117,6 +117,8 @@ def load_sweep(
         raise ConfigError(source, "", "must be a non-empty mapping of sweep settings")
     data = copy.deepcopy(dict(raw))
     for item in overrides:
+        if item.startswith("search_space.") and isinstance(data.get("search_space"), str):
+            data["search_space"] = _read_space_file(data["search_space"], file)  # inline, then edit
         apply_override(data, item)
     for key, value in (values or {}).items():
         if value is not None:
@@ -164,6 +166,10 @@ def set_path(data: dict[str, Any], key: str, value: Any, *, source: str) -> None
 def build_spec(data: Mapping[str, Any], file: Path) -> SweepSpec:
     source = str(file)
     fields = dict(data)
+    allowed = [f for f in SweepSpec.model_fields if f != "source"]
+    for key in fields:
+        if key not in allowed:  # reported before the search space file is even read
+            raise ConfigError(source, str(key), f"unknown key{did_you_mean(str(key), allowed)}")
     fields["search_space"] = _load_space(fields.get("search_space"), file)
     fields["source"] = file
     try:
@@ -178,11 +184,16 @@ def _load_space(value: Any, file: Path) -> SearchSpace:
         raise ConfigError(source, "search_space", "missing: a file path or an inline mapping")
     if isinstance(value, str):
         space_file = (file.parent / value).resolve()
-        if not space_file.is_file():
-            raise ConfigError(source, "search_space", f"file not found: {value}")
-        space_source = _display(space_file)
-        return parse_search_space(_read_yaml(space_file, space_source), space_source)
+        return parse_search_space(_read_space_file(value, file), _display(space_file))
     return parse_search_space(value, source, prefix="search_space.")
+
+
+def _read_space_file(value: str, file: Path) -> Any:
+    """The raw mapping of a search space file, given relative to the sweep file."""
+    space_file = (file.parent / value).resolve()
+    if not space_file.is_file():
+        raise ConfigError(str(file), "search_space", f"file not found: {value}")
+    return _read_yaml(space_file, _display(space_file))
 
 
 def _display(path: Path) -> str:
@@ -193,7 +204,7 @@ def _display(path: Path) -> str:
 
 
 def _to_config_error(exc: ValidationError, source: str) -> ConfigError:
-    err = exc.errors()[0]
+    err = first_error(exc.errors())
     loc = [str(p) for p in err["loc"]]
     ctx_error = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyedError):

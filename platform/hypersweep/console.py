@@ -18,9 +18,7 @@ class Progress:
     Off a terminal (CI, pipes) it prints one line per finished trial instead of redrawing.
     """
 
-    def __init__(
-        self, *, total: int, metric: str, mode: str, console: Console | None = None
-    ) -> None:
+    def __init__(self, *, total: int, metric: str, mode: str, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.total, self.metric, self.mode = total, metric, mode
         self.running: set[str] = set()
@@ -31,9 +29,7 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
-            self._live = Live(
-                self._line(), console=self.console, refresh_per_second=4, transient=True
-            )
+            self._live = Live(self._line(), console=self.console, refresh_per_second=4, transient=True)
             self._live.__enter__()
         return self
 
@@ -60,9 +56,7 @@ class Progress:
         self.finished[status] += 1
         if self._live is None:
             done = sum(self.finished.values())
-            self.console.print(
-                f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)"
-            )
+            self.console.print(f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)")
         self._refresh()
 
     def _better(self, value: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class ConfigError(Exception):
@@ -27,3 +28,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix naming the closest candidate, or ''."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_error(errors: list[Any]) -> Any:
+    """The pydantic error to report: an unknown key first, since it often causes a 'missing' one."""
+    return sorted(errors, key=lambda e: e["type"] != "extra_forbidden")[0]

@@ -6,8 +6,11 @@ import importlib
 import sys
 from pathlib import Path
 
-from hypersweep.errors import ConfigError
+from hypersweep.config import SweepSpec
+from hypersweep.errors import ConfigError, did_you_mean
 from hypersweep.experiment import Experiment
+from hypersweep.search_space import Choice
+from hypersweep.trainer import OPTIMIZERS
 
 
 def import_roots(sweep_file: Path) -> list[str]:
@@ -40,3 +43,23 @@ def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type
         what = "not found" if cls is None else "not an Experiment subclass"
         raise ConfigError(source, "experiment", f"'{class_name}' in '{module_name}' is {what}")
     return cls
+
+
+def check_experiment(spec: SweepSpec) -> type[Experiment]:
+    """Import the sweep's experiment; check its metric is reported and its optimizers exist."""
+    source = str(spec.source)
+    cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=source)
+    known = ("train_loss", "val_loss", *cls.metric_names)
+    if spec.metric not in known:
+        raise ConfigError(source, "metric", f"'{spec.metric}' is not reported; known: {', '.join(known)}")
+    _check_optimizers(spec)
+    return cls
+
+
+def _check_optimizers(spec: SweepSpec) -> None:
+    entry = dict(spec.search_space.entries).get("optimizer", spec.fixed.get("optimizer"))
+    names = entry.values if isinstance(entry, Choice) else [entry] if entry is not None else []
+    for name in names:
+        if str(name).lower() not in OPTIMIZERS:
+            hint = did_you_mean(str(name), OPTIMIZERS)
+            raise ConfigError(str(spec.source), "optimizer", f"unknown optimizer '{name}'{hint}")

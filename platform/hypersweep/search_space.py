@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hypersweep.errors import ConfigError, did_you_mean
+from hypersweep.errors import ConfigError, did_you_mean, first_error
 
 # Optuna stores categorical choices natively only for these types; others are encoded as labels.
 _NATIVE = (type(None), bool, int, float, str)
@@ -81,6 +81,7 @@ class Choice(_Param):
 
 
 Distribution = LogUniform | Uniform | IntParam | Choice
+_DISTRIBUTIONS = (LogUniform, Uniform, IntParam, Choice)
 _TYPES: dict[str, type[Distribution]] = {
     "loguniform": LogUniform,
     "uniform": Uniform,
@@ -108,7 +109,7 @@ class SearchSpace:
         return out
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Sample one configuration on ``trial``; returns the constants (Ray's OptunaSearch contract).
+        """Sample one configuration on ``trial``; returns the constants (as Ray's OptunaSearch wants).
 
         Sampled values are recorded on the trial by Optuna; the returned dict holds the constants
         and decoded non-native choices, which Ray merges into the trial's config.
@@ -116,7 +117,7 @@ class SearchSpace:
         sampled: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for name, entry in self.entries:
-            if not isinstance(entry, BaseModel):
+            if not isinstance(entry, _DISTRIBUTIONS):
                 extra[name] = entry
                 continue
             if not _active(entry, sampled):
@@ -169,7 +170,7 @@ def parse_search_space(data: Any, source: str, prefix: str = "") -> SearchSpace:
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(source, key, "parameter names must be identifiers")
         entry = _parse_entry(raw, source, key) if _is_distribution(raw) else raw
-        if isinstance(entry, BaseModel):
+        if isinstance(entry, _DISTRIBUTIONS):
             _check_condition(entry, entries, source, key)
         entries.append((name, entry))
     return SearchSpace(entries=tuple(entries))
@@ -188,7 +189,7 @@ def _parse_entry(raw: Mapping[str, Any], source: str, key: str) -> Distribution:
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = first_error(exc.errors())
         loc = ".".join(str(p) for p in err["loc"])
         where = f"{key}.{loc}" if loc else key
         if err["type"] == "extra_forbidden":

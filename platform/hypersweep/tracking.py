@@ -175,19 +175,11 @@ class SweepRecorder:
             if key not in _NOT_METRICS and _is_number(value):
                 run.pending.append(Metric(key, float(value), stamp, step))
         value = result.get(self.metric)
-        if (
-            result.get("stop_reason") != "diverged"
-            and _is_number(value)
-            and math.isfinite(float(value))
-        ):
-            run.best = (
-                float(value) if math.isnan(run.best) else _better(run.best, float(value), self.mode)
-            )
+        if result.get("stop_reason") != "diverged" and isinstance(value, int | float):
+            run.best = _better(run.best, float(value), self.mode)
         self.flush()
 
-    def trial_finished(
-        self, trial_id: str, *, status: str, stop_reason: str, error: str = ""
-    ) -> None:
+    def trial_finished(self, trial_id: str, *, status: str, stop_reason: str, error: str = "") -> None:
         run = self._trials[trial_id]
         if status in ("diverged", "failed"):
             run.best = math.nan  # never the best trial
@@ -203,7 +195,7 @@ class SweepRecorder:
         self.client.log_artifacts(self._trials[trial_id].run_id, str(directory))
 
     def flush(self, *, force: bool = False) -> None:
-        """Send buffered metrics, at most every few seconds unless forced (batched, not per value)."""
+        """Send buffered metrics at most every few seconds unless forced: batched, never per value."""
         if not force and time.monotonic() - self._last_flush < _FLUSH_SECONDS:
             return
         for run in self._trials.values():
@@ -223,8 +215,13 @@ class SweepRecorder:
             self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
 
 
-def _better(a: float, b: float, mode: str) -> float:
-    return min(a, b) if mode == "min" else max(a, b)
+def _better(best: float, value: float, mode: str) -> float:
+    """The better of the best so far (NaN: none yet) and a new value; non-finite values never win."""
+    if not math.isfinite(value):
+        return best
+    if math.isnan(best):
+        return value
+    return min(best, value) if mode == "min" else max(best, value)
 
 
 def _is_number(value: Any) -> bool:

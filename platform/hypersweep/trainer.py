@@ -50,9 +50,7 @@ def _adam(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.opti
 
 def _adamw(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
     # AdamW decouples weight decay; 0.01 is PyTorch's own default.
-    return torch.optim.AdamW(
-        params, lr=lr, betas=_betas(c), weight_decay=float(c.get("weight_decay", 0.01))
-    )
+    return torch.optim.AdamW(params, lr=lr, betas=_betas(c), weight_decay=float(c.get("weight_decay", 0.01)))
 
 
 def _rmsprop(params: Any, c: Mapping[str, Any], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -253,15 +251,11 @@ class _Loop:
         return snap
 
 
-def _evaluate(
-    experiment: Experiment, model: nn.Module, split: Split
-) -> tuple[float, dict[str, float]]:
+def _evaluate(experiment: Experiment, model: nn.Module, split: Split) -> tuple[float, dict[str, float]]:
     """(val_loss, metrics) on a whole split, in eval mode without gradients."""
     model.eval()
     with torch.no_grad():
-        chunks = [
-            model(split.inputs[i : i + _EVAL_CHUNK]) for i in range(0, len(split), _EVAL_CHUNK)
-        ]
+        chunks = [model(split.inputs[i : i + _EVAL_CHUNK]) for i in range(0, len(split), _EVAL_CHUNK)]
         output = _concat(chunks)
         loss = float(experiment.loss(output, split.targets))
         extra = experiment.metrics(output, split.targets) if math.isfinite(loss) else {}

@@ -26,7 +26,6 @@ from ray.tune.search.optuna import OptunaSearch
 from hypersweep import cluster
 from hypersweep.config import SweepSpec
 from hypersweep.console import Progress
-from hypersweep.errors import ConfigError
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import import_roots, resolve_experiment
 from hypersweep.tracking import BestTrial, SweepRecorder, resolve_tracking_uri
@@ -94,9 +93,7 @@ def run_sweep(
         cluster.shutdown()
 
 
-def _run(
-    spec: SweepSpec, roots: list[str], concurrent: int, progress: Progress | None
-) -> SweepOutcome:
+def _run(spec: SweepSpec, roots: list[str], concurrent: int, progress: Progress | None) -> SweepOutcome:
     started = time.monotonic()
     sweep_id = new_sweep_id(spec.name)
     recorder = SweepRecorder(
@@ -104,9 +101,7 @@ def _run(
     )
     parent = recorder.start_sweep(name=spec.name, sweep_id=sweep_id, settings=spec.resolved())
     callback = _TrackingCallback(recorder, progress)
-    tuner = build_tuner(
-        spec, roots=roots, sweep_id=sweep_id, concurrent=concurrent, callbacks=[callback]
-    )
+    tuner = build_tuner(spec, roots=roots, sweep_id=sweep_id, concurrent=concurrent, callbacks=[callback])
     results: tune.ResultGrid | None = None
     try:
         results = tuner.fit()
@@ -126,7 +121,7 @@ def _run(
         best=best,
         statuses=dict(callback.statuses),
         wall_seconds=time.monotonic() - started,
-        trial_seconds=sum(float(r.metrics.get("time_total_s", 0.0)) for r in results or []),
+        trial_seconds=_trial_seconds(results),
     )
 
 
@@ -229,9 +224,8 @@ class _TrackingCallback(tune.Callback):
             self.progress.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        reason = (trial.last_result or {}).get("stop_reason")
-        status = STATUS_BY_REASON.get(reason, "early_stopped")
-        self._finish(trial, status, reason or "asha")
+        reason = str((trial.last_result or {}).get("stop_reason") or "asha")
+        self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error = trial.get_error()
@@ -248,12 +242,20 @@ class _TrackingCallback(tune.Callback):
             self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
 
 
-def _checkpoint_of(results: tune.ResultGrid | None, best: BestTrial | None) -> Any:
-    """The best trial's last checkpoint as a local directory context (its model.pt = best weights)."""
-    if results is None or best is None:
+def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
+    return [grid[i] for i in range(len(grid))] if grid is not None else []
+
+
+def _trial_seconds(grid: tune.ResultGrid | None) -> float:
+    return sum(float(r.metrics.get("time_total_s", 0.0)) for r in _results(grid) if r.metrics)
+
+
+def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
+    """The best trial's last checkpoint as a local directory context; its model.pt = best weights."""
+    if best is None:
         return None
-    for result in results:
-        if result.metrics.get("trial_id") == best.trial_id and result.checkpoint is not None:
+    for result in _results(grid):
+        if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
             return result.checkpoint.as_directory()
     return None
 
@@ -318,16 +320,3 @@ class _TuneReporter:
             torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
             torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-
-
-def check_experiment(spec: SweepSpec) -> type[Experiment]:
-    """Import the sweep's experiment and check the metric exists (``validate`` and ``run``)."""
-    cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=str(spec.source))
-    known = ("train_loss", "val_loss", *cls.metric_names)
-    if spec.metric not in known:
-        raise ConfigError(
-            str(spec.source),
-            "metric",
-            f"'{spec.metric}' is not reported; known: {', '.join(known)}",
-        )
-    return cls

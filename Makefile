@@ -1,0 +1,36 @@
+# Set-up and everyday commands. Every target creates the virtual environment first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel keeps the install small on machines without a GPU; on a CUDA machine use e.g.
+#   make sweep TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+SWEEP ?= experiments/breast_cancer_mlp.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install sweep test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(VENV)/bin/hypersweep run $(SWEEP)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) hypersweep_runs mlruns mlartifacts mlflow.db

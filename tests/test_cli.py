@@ -1,0 +1,71 @@
+"""The command line as a user meets it: exit codes, one-line errors, nothing written on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
+
+
+def _no_trace(result) -> None:
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_validate_accepts_the_default_sweep(tmp_path: Path) -> None:
+    result = hypersweep("validate", str(DEFAULT_SWEEP), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok:" in result.stdout and "lr, optimizer, momentum" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # validate starts and writes nothing
+
+
+def test_misspelled_key_exits_2_with_one_line(tmp_path: Path) -> None:
+    sweep = tmp_path / "typo.yaml"
+    sweep.write_text(DEFAULT_SWEEP.read_text().replace("num_samples:", "num_sample:"))
+    result = hypersweep("run", str(sweep), cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert result.stderr.startswith(f"error: {sweep}: num_sample: unknown key (did you mean 'num_samples'?)")
+    assert [p.name for p in tmp_path.iterdir()] == ["typo.yaml"]  # nothing written
+
+
+def test_unknown_flag_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = hypersweep("run", str(DEFAULT_SWEEP), "--num-sample", "3", cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert "--num-sample" in result.stderr and "--num-samples" in result.stderr
+
+
+def test_experiment_that_does_not_import_exits_2(tmp_path: Path) -> None:
+    result = hypersweep(
+        "validate", str(DEFAULT_SWEEP), "--set", "experiment=experiments.nope:Model", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": experiment: cannot import 'experiments.nope'" in result.stderr
+
+
+def test_unknown_metric_exits_2(tmp_path: Path) -> None:
+    result = hypersweep("validate", str(DEFAULT_SWEEP), "--set", "metric=val_acc", cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": metric: 'val_acc' is not reported" in result.stderr
+
+
+def test_best_of_an_unknown_store_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    result = hypersweep("best", "nope", "--tracking-uri", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_optimizer_in_the_space_exits_2(tmp_path: Path) -> None:
+    sweep = tmp_path / "opt.yaml"
+    sweep.write_text(
+        "name: t\nexperiment: tests.toy:ToyRegression\n"
+        "search_space: {optimizer: {type: choice, values: [adam, adamm]}}\n"
+    )
+    result = hypersweep("validate", str(sweep), cwd=ROOT)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert "optimizer: unknown optimizer 'adamm' (did you mean 'adam'?)" in result.stderr

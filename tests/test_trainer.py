@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hypersweep.trainer import OPTIMIZERS, TrainerState, TrainSettings, fit, make_optimizer
+from tests.toy import ToyRegression
+
+
+class ListReporter:
+    """Keeps every report and, optionally, the checkpoint of a chosen epoch."""
+
+    def __init__(self, resume_from: TrainerState | None = None, keep_epoch: int = 0) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.resume_from = resume_from
+        self.keep_epoch = keep_epoch
+        self.kept: TrainerState | None = None
+
+    def restore(self) -> TrainerState | None:
+        return self.resume_from
+
+    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
+        self.results.append(metrics)
+        if metrics["epoch"] == self.keep_epoch:
+            self.kept = state()
+
+
+def _fit(config: dict[str, Any], reporter: ListReporter | None = None, **settings: Any):
+    experiment = ToyRegression(val_shift=settings.pop("val_shift", 0.0))
+    data = experiment.load_data(seed=0)
+    reporter = reporter or ListReporter()
+    result = fit(experiment, data, config, TrainSettings(**{"max_epochs": 5, **settings}), reporter)
+    return result, reporter
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_factory_builds_each_named_optimizer(name: str) -> None:
+    model = nn.Linear(2, 1)
+    opt = make_optimizer(model, {"optimizer": name, "lr": 0.05, "momentum": 0.8, "beta1": 0.85})
+    expected = {
+        "sgd": torch.optim.SGD,
+        "momentum": torch.optim.SGD,
+        "nesterov": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "rmsprop": torch.optim.RMSprop,
+        "adagrad": torch.optim.Adagrad,
+    }[name]
+    assert type(opt) is expected
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.05
+    if name == "sgd":
+        assert group["momentum"] == 0
+    if name in ("momentum", "nesterov"):
+        assert group["momentum"] == 0.8
+        assert group["nesterov"] is (name == "nesterov")
+    if name in ("adam", "adamw"):
+        assert group["betas"] == (0.85, 0.999)
+
+
+def test_unknown_optimizer_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'"):
+        make_optimizer(nn.Linear(2, 1), {"optimizer": "adamm"})
+
+
+def test_loss_falls_and_every_epoch_is_reported() -> None:
+    result, reporter = _fit({"optimizer": "adam", "lr": 0.01, "batch_size": 16}, patience=None)
+    losses = [r["val_loss"] for r in reporter.results]
+    assert [r["epoch"] for r in reporter.results] == [1, 2, 3, 4, 5]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all("train_loss" in r and "val_mae" in r for r in reporter.results)
+    assert reporter.results[-1]["stop_reason"] == "completed"
+    assert result.best_val_loss == min(losses)
+
+
+def test_training_is_deterministic_given_a_seed() -> None:
+    config = {"optimizer": "sgd", "lr": 0.05, "batch_size": 8, "dropout": 0.2}
+    _, first = _fit(config, seed=3)
+    _, second = _fit(config, seed=3)
+    _, other = _fit(config, seed=4)
+    assert first.results == second.results
+    assert first.results != other.results
+
+
+def test_resuming_from_a_checkpoint_continues_exactly() -> None:
+    config = {"optimizer": "momentum", "lr": 0.02, "batch_size": 8, "dropout": 0.3}
+    _, straight = _fit(config, patience=None)
+    _, interrupted = _fit(config, ListReporter(keep_epoch=2), patience=None)
+    assert interrupted.kept is not None and interrupted.kept.epoch == 2
+    _, resumed = _fit(config, ListReporter(resume_from=interrupted.kept), patience=None)
+    assert [r["epoch"] for r in resumed.results] == [3, 4, 5]
+    assert resumed.results == straight.results[2:]
+
+
+def test_huge_learning_rate_diverges_within_one_epoch() -> None:
+    result, reporter = _fit({"optimizer": "sgd", "lr": 1e6, "batch_size": 16}, max_epochs=20)
+    assert result.stop_reason == "diverged"
+    assert len(reporter.results) == 1
+    assert reporter.results[0]["stop_reason"] == "diverged"
+    assert not math.isfinite(reporter.results[0]["val_loss"]) or reporter.results[0]["val_loss"] > 10
+
+
+def test_early_stopping_stops_when_validation_loss_rises() -> None:
+    # Validation targets are the negated training targets: the better the fit, the worse val_loss.
+    result, reporter = _fit(
+        {"optimizer": "adam", "lr": 0.01, "batch_size": 16},
+        max_epochs=30,
+        patience=3,
+        val_shift=1.0,
+        divergence_factor=1e9,
+    )
+    assert result.stop_reason == "patience"
+    assert reporter.results[-1]["stop_reason"] == "patience"
+    assert len(reporter.results) < 30
+    losses = [r["val_loss"] for r in reporter.results]
+    assert min(losses[-3:]) >= min(losses)  # the last `patience` epochs never improved
