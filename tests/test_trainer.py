@@ -24,8 +24,9 @@ class ListReporter:
     def restore(self) -> TrainerState | None:
         return self.resume_from
 
-    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
+    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState], artifacts=None) -> None:
         self.results.append(metrics)
+        self.artifacts = artifacts
         if metrics["epoch"] == self.keep_epoch:
             self.kept = state()
 

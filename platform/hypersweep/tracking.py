@@ -42,6 +42,7 @@ _FLUSH_SECONDS = 2.0
 _NOT_METRICS = {
     "epoch",
     "stop_reason",
+    "artifacts",
     "timestamp",
     "training_iteration",
     "time_this_iter_s",

@@ -125,8 +125,17 @@ class Reporter(Protocol):
     def restore(self) -> TrainerState | None:
         """Called once before training: the state to resume from, or None to start fresh."""
 
-    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
-        """Called after every epoch; ``state()`` builds a checkpoint if the reporter wants one."""
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], TrainerState],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Called after every epoch; ``state()`` builds a checkpoint if the reporter wants one.
+
+        On the last epoch of a trial that did not diverge, ``artifacts`` holds the experiment's
+        files (made with the best weights) and ``metrics['artifacts']`` counts them.
+        """
 
 
 @dataclass
@@ -180,13 +189,13 @@ class _Loop:
             reason = self._stop_reason(metrics)
             if reason is None and self.state.epoch >= self.settings.max_epochs:
                 reason = "completed"
+            artifacts: dict[str, bytes] = {}
             if reason is not None:
                 metrics["stop_reason"] = reason
+                artifacts = self._finish(reason)
+                metrics["artifacts"] = len(artifacts)
             self.history.append(metrics)
-            reporter.report(metrics, self._snapshot)
-        best = self.state.best_model
-        if best and reason != "diverged":
-            self.model.load_state_dict(best)
+            reporter.report(metrics, self._snapshot, artifacts)
         return FitResult(
             self.model,
             self.state.epoch,
@@ -194,6 +203,15 @@ class _Loop:
             self.state.best_val_loss,
             self.history,
         )
+
+    def _finish(self, reason: StopReason) -> dict[str, bytes]:
+        """Restore the best weights (unless diverged) and make the experiment's artifacts with them."""
+        if reason == "diverged" or not self.state.best_model:
+            return {}
+        self.model.load_state_dict(self.state.best_model)
+        self.model.eval()
+        with torch.no_grad():
+            return dict(self.experiment.artifacts(self.model, self.data))
 
     def _epoch(self) -> dict[str, Any]:
         train_loss = self._train_epoch()

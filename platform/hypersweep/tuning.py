@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
 
 
@@ -224,7 +225,11 @@ class _TrackingCallback(tune.Callback):
             self.progress.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        reason = str((trial.last_result or {}).get("stop_reason") or "asha")
+        last = trial.last_result or {}
+        reason = str(last.get("stop_reason") or "asha")
+        if last.get("artifacts") and trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as directory:
+                self.recorder.log_trial_artifacts(trial.trial_id, Path(directory) / ARTIFACTS_DIR)
         self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -309,7 +314,12 @@ class _TuneReporter:
             state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
         return TrainerState.from_dict(state)
 
-    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState]) -> None:
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], TrainerState],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
         result = dict(metrics)
         value = result.get(self.metric)
         if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
@@ -319,4 +329,8 @@ class _TuneReporter:
         with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
             torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
             torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
+            for name, content in (artifacts or {}).items():
+                target = Path(directory) / ARTIFACTS_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
