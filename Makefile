@@ -22,6 +22,7 @@ sweep: $(STAMP)
 	$(VENV)/bin/hypersweep run $(SWEEP)
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
