@@ -86,8 +86,9 @@ class BestTrial:
 class SweepRecorder:
     """Driver-side recorder of one sweep. Not thread-safe: call it from the tuning loop only."""
 
-    def __init__(self, *, tracking_uri: str, metric: str, mode: str) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+    def __init__(self, *, tracking_uri: str, metric: str, mode: str, client: Any = None) -> None:
+        # ``client``: anything with MlflowClient's methods (benchmarks pass one that sends nothing).
+        self.client = client if client is not None else MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.metric, self.mode = metric, mode
         self.parent_run_id = ""

@@ -82,22 +82,33 @@ def storage_path(storage: str | None) -> str:
 
 
 def run_sweep(
-    spec: SweepSpec, *, address: str | None = None, progress: Progress | None = None
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    progress: Progress | None = None,
+    recorder: SweepRecorder | None = None,
 ) -> SweepOutcome:
+    """Run a whole sweep; ``recorder`` replaces the MLflow recorder (benchmarks measure without it)."""
     roots = import_roots(spec.source)
     resolve_experiment(spec.experiment, roots, source=str(spec.source))
     info = cluster.connect(address=address, import_roots=roots)
     try:
         cluster.check_resources(spec.resources, info, source=str(spec.source))
-        return _run(spec, roots, cluster.concurrency(spec.resources, info), progress)
+        return _run(spec, roots, cluster.concurrency(spec.resources, info), progress, recorder)
     finally:
         cluster.shutdown()
 
 
-def _run(spec: SweepSpec, roots: list[str], concurrent: int, progress: Progress | None) -> SweepOutcome:
+def _run(
+    spec: SweepSpec,
+    roots: list[str],
+    concurrent: int,
+    progress: Progress | None,
+    recorder: SweepRecorder | None,
+) -> SweepOutcome:
     started = time.monotonic()
     sweep_id = new_sweep_id(spec.name)
-    recorder = SweepRecorder(
+    recorder = recorder or SweepRecorder(
         tracking_uri=resolve_tracking_uri(spec.tracking_uri), metric=spec.metric, mode=spec.mode
     )
     parent = recorder.start_sweep(name=spec.name, sweep_id=sweep_id, settings=spec.resolved())

@@ -1,0 +1,1 @@
+"""Performance and search-quality benchmarks (not tests): ratios measured side by side in one run."""

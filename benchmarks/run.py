@@ -1,0 +1,161 @@
+"""hypersweep's performance benchmark: ``python -m benchmarks.run`` (or ``make bench``).
+
+Everything is measured side by side in one run on the same machine, each contender in its own
+process, and reported as ratios, so that a shared, noisy machine moves all numbers together:
+
+1. N trials x E epochs of the breast-cancer MLP, FIFO, 2 at a time, the same configurations for
+   every contender: (a) ideal: a plain 2-process pool, data loaded once per process; (b) hypersweep
+   (tracking on and off); (c) a plain Ray Tune + OptunaSearch script on defaults; (d) Optuna
+   in-process with n_jobs=2. Also hypersweep at 2N trials for the marginal cost per trial.
+2. Platform time per trial of a trivial trainable at 100 and 1,000 trials, and the driver's peak
+   memory at 1,000 trials.
+3. MLflow: one request per value vs hypersweep's batched recorder, same values, same store.
+
+Results: benchmarks/results/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.mlflow_logging import compare_logging
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def contender(name: str, trials: int, epochs: int) -> dict[str, Any]:
+    """Run one contender in a fresh process; returns its JSON line."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.contenders",
+            name,
+            "--trials",
+            str(trials),
+            "--epochs",
+            str(epochs),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH "))
+    result["process_s"] = time.perf_counter() - started
+    print(f"  {name:22s} {trials:5d} trials x {epochs:2d} epochs: {result['wall_s']:7.1f} s", flush=True)
+    return result
+
+
+def measure(trials: int, epochs: int, big: int, trivial: tuple[int, int], log_values: int) -> dict[str, Any]:
+    runs: dict[str, Any] = {}
+    print(f"workload: {trials} trials x {epochs} epochs, FIFO, 2 at a time", flush=True)
+    for name in ("ideal", "hypersweep", "hypersweep_untracked", "ray_tune_defaults", "optuna_threads"):
+        runs[name] = contender(name, trials, epochs)
+    runs["ideal_big"] = contender("ideal", big, epochs)
+    runs["hypersweep_big"] = contender("hypersweep", big, epochs)
+    for n in trivial:
+        runs[f"trivial_{n}"] = contender("hypersweep_trivial", n, 1)
+    runs["mlflow_logging"] = compare_logging(log_values)
+    return {"trials": trials, "big": big, "epochs": epochs, "trivial": list(trivial), "runs": runs}
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    r = data["runs"]
+    ideal, hs = r["ideal"]["wall_s"], r["hypersweep"]
+    startup = hs["wall_s"] - hs["sweep_s"]
+    small, big = data["trivial"]
+    per_trial = {n: 1000 * r[f"trivial_{n}"]["sweep_s"] / n for n in (small, big)}
+    return {
+        "hypersweep / ideal (whole run)": hs["wall_s"] / ideal,
+        "hypersweep sweep / ideal (start-up excluded)": hs["sweep_s"] / ideal,
+        "marginal cost per trial, hypersweep / ideal": (r["hypersweep_big"]["sweep_s"] - hs["sweep_s"])
+        / (r["ideal_big"]["wall_s"] - ideal),
+        "tracking on / off (sweep)": hs["sweep_s"] / r["hypersweep_untracked"]["sweep_s"],
+        "ray tune defaults / ideal": r["ray_tune_defaults"]["wall_s"] / ideal,
+        "optuna n_jobs=2 / ideal": r["optuna_threads"]["wall_s"] / ideal,
+        "hypersweep start-up (s)": startup,
+        f"platform ms per trial at {small} trials": per_trial[small],
+        f"platform ms per trial at {big} trials": per_trial[big],
+        f"driver peak RSS at {big} trials (MB)": r[f"trivial_{big}"]["peak_rss_mb"],
+        "MLflow per-value / hypersweep batched": r["mlflow_logging"]["ratio"],
+        "same configurations as ideal": hs.get("same_configs"),
+    }
+
+
+def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
+    r = data["runs"]
+    n, big, e = data["trials"], data["big"], data["epochs"]
+    rows = [
+        ("ideal: 2-process pool", r["ideal"], n),
+        ("hypersweep", r["hypersweep"], n),
+        ("hypersweep, tracking off", r["hypersweep_untracked"], n),
+        ("Ray Tune + OptunaSearch defaults", r["ray_tune_defaults"], n),
+        ("Optuna in-process, n_jobs=2", r["optuna_threads"], n),
+        ("ideal: 2-process pool", r["ideal_big"], big),
+        ("hypersweep", r["hypersweep_big"], big),
+    ]
+    ideal = r["ideal"]["wall_s"]
+    lines = [
+        f"# hypersweep benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+        f"{platform.processor() or platform.machine()})",
+        "",
+        f"Breast-cancer MLP, {e} epochs per trial, FIFO, 2 trials at a time, same configurations.",
+        "",
+        "| contender | trials | wall (s) | sweep, start-up excluded (s) | wall / ideal |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, run, trials in rows:
+        base = ideal if trials == n else r["ideal_big"]["wall_s"]
+        lines.append(
+            f"| {label} | {trials} | {run['wall_s']:.1f} | {run['sweep_s']:.1f} | {run['wall_s'] / base:.2f} |"
+        )
+    lines += ["", "| measure | value |", "|---|---:|"]
+    for key, value in summary.items():
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {text} |")
+    log = r["mlflow_logging"]
+    lines += [
+        "",
+        f"MLflow: {log['values']} metric values to a SQLite store: one request per value "
+        f"{log['per_value_s']:.1f} s, hypersweep's batched recorder {log['batched_s']:.2f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.quick:
+        data = measure(2, 1, 4, (4, 8), 160)
+    else:
+        data = measure(args.trials, args.epochs, 2 * args.trials, (100, 1000), 4000)
+    summary = summarize(data)
+    report = markdown(data, summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "latest"
+    (args.out / f"{stem}.json").write_text(json.dumps({**data, "summary": summary}, indent=2))
+    (args.out / f"{stem}.md").write_text(report)
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
