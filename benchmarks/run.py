@@ -119,9 +119,8 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
     ]
     for label, run, trials in rows:
         base = ideal if trials == n else r["ideal_big"]["wall_s"]
-        lines.append(
-            f"| {label} | {trials} | {run['wall_s']:.1f} | {run['sweep_s']:.1f} | {run['wall_s'] / base:.2f} |"
-        )
+        ratio = run["wall_s"] / base
+        lines.append(f"| {label} | {trials} | {run['wall_s']:.1f} | {run['sweep_s']:.1f} | {ratio:.2f} |")
     lines += ["", "| measure | value |", "|---|---:|"]
     for key, value in summary.items():
         text = f"{value:.3g}" if isinstance(value, float) else str(value)
