@@ -15,8 +15,10 @@ from tests.experiments_index import EXPERIMENT_SWEEPS, sweep_id
 from tests.mlflow_store import StoredSweep, read_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-# The default sweep (breast cancer) has its own, fuller end-to-end tests in test_sweep.py.
-TINY = [p for p in EXPERIMENT_SWEEPS if p != DEFAULT_SWEEP]
+DIABETES = ROOT / "experiments" / "diabetes_mlp.yaml"
+# The default sweep (breast cancer) has its own, fuller end-to-end tests in test_sweep.py; the
+# diabetes sweep is the divergence-and-patience sweep below (one Ray start-up less).
+TINY = [p for p in EXPERIMENT_SWEEPS if p not in (DEFAULT_SWEEP, DIABETES)]
 FINISHED = {"completed", "early_stopped"}
 
 
@@ -44,17 +46,23 @@ def test_each_experiment_runs_as_a_tiny_sweep(path: Path, tmp_path: Path) -> Non
         # Every finished trial must leave its samples: no ASHA stops, no divergent rates.
         extra += ["--scheduler", "fifo", "--set", "search_space.lr.high=0.01"]
     stored, _ = run_tiny(path, tmp_path, *extra)
-    assert len(stored.children) == 2
+    check_nested_runs(stored, spec.metric, trials=2)
+    if path.stem == "digits_vae":
+        check_vae_samples(stored, tmp_path)
+
+
+def check_nested_runs(stored: StoredSweep, metric: str, *, trials: int) -> None:
+    assert len(stored.children) == trials
     parent_id = stored.parent.info.run_id
     assert all(c.data.tags["mlflow.parentRunId"] == parent_id for c in stored.children)
     for child in stored.children:
         assert stored.tag(child, "status") in {*FINISHED, "diverged"}
-        steps = [s for s, _ in stored.history(child, spec.metric)]
+        steps = [s for s, _ in stored.history(child, "train_loss")]
         assert steps and steps == list(range(1, len(steps) + 1))
+        if stored.tag(child, "status") != "diverged":
+            assert [s for s, _ in stored.history(child, metric)] == steps
         assert {"lr", "optimizer", "dropout", "batch_size"} <= set(child.data.params)
-    assert math.isfinite(stored.parent.data.metrics[f"best_{spec.metric}"])
-    if path.stem == "digits_vae":
-        check_vae_samples(stored, tmp_path)
+    assert math.isfinite(stored.parent.data.metrics[f"best_{metric}"])
 
 
 def check_vae_samples(stored: StoredSweep, tmp_path: Path) -> None:
@@ -72,16 +80,17 @@ def check_vae_samples(stored: StoredSweep, tmp_path: Path) -> None:
 
 
 def test_huge_learning_rates_diverge_at_once_and_patience_stops_the_rest(tmp_path: Path) -> None:
-    # Plain SGD at lr 1e5 explodes in its first batches; at 1e-2 it learns. A min_delta no epoch
-    # can beat makes every learning trial stop by patience after its second epoch.
+    # Any optimizer at lr 1e5 explodes in its first batches; at 1e-2 it learns. A min_delta no
+    # epoch can beat makes every learning trial stop by patience after its second epoch.
+    # Seed 2: the seeded random sampler draws 1e5, 1e-2, 1e-2, 1e5 (seed 0 draws 1e-2 only).
     stored, stdout = run_tiny(
-        ROOT / "experiments" / "diabetes_mlp.yaml",
+        DIABETES,
         tmp_path,
         *("--num-samples", "4", "--max-epochs", "5", "--scheduler", "fifo", "--search", "random"),
-        *("--set", "search_space.lr={type: choice, values: [1.0e5, 1.0e-2]}"),
-        *("--set", "search_space.optimizer=sgd", "--set", "training.patience=1"),
-        *("--set", "training.min_delta=1.0e9"),
+        *("--seed", "2", "--set", "search_space.lr={type: choice, values: [1.0e+5, 1.0e-2]}"),
+        *("--set", "training.patience=1", "--set", "training.min_delta=1.0e9"),
     )
+    check_nested_runs(stored, "val_rmse", trials=4)
     by_lr: dict[float, list] = {}
     for child in stored.children:
         by_lr.setdefault(float(child.data.params["lr"]), []).append(child)

@@ -18,6 +18,7 @@ from torch import nn
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import check_experiment, import_roots
 from hypersweep.trainer import TrainerState, TrainSettings, fit
+from tests.conftest import hypersweep
 from tests.experiments_index import ALL_SWEEPS, EXPERIMENT_SWEEPS, load, sweep_id
 
 pytestmark = pytest.mark.timeout(120)
@@ -191,3 +192,12 @@ def imported_by_experiment() -> dict[str, list[str]]:
 def test_experiment_never_imports_ray_or_mlflow(path: Path, imported_by_experiment) -> None:
     assert sweep_id(path) in imported_by_experiment
     assert imported_by_experiment[sweep_id(path)] == []
+
+
+def test_the_example_validates_from_any_folder(tmp_path: Path) -> None:
+    # `wine:WineMLP` resolves because the sweep file's folder is on the import path, wherever the
+    # command runs from (its fit is covered by the contract tests above).
+    [example] = [p for p in ALL_SWEEPS if p.stem == "wine"]
+    result = hypersweep("validate", str(example), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wine-mlp" in result.stdout + result.stderr
