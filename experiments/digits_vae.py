@@ -82,8 +82,8 @@ class DigitsVAE(Experiment):
     def artifacts(self, model: nn.Module, data: Data) -> dict[str, bytes]:
         assert isinstance(model, VAE)
         images = model.sample(SAMPLES).reshape(SAMPLES, 8, 8).cpu().numpy()
-        # Ink is dark on a light page: invert so digits look like digits.
-        return {"samples.png": png_grey(1.0 - tile(images, columns=8, scale=4))}
+        # Ink is dark on a light page: invert so digits look like digits (light lines between).
+        return {"samples.png": png_grey(tile(1.0 - images, columns=8, scale=4))}
 
 
 def _parts(output: Output, target: Tensor) -> tuple[Tensor, Tensor]:
