@@ -3,6 +3,9 @@
 An experiment knows nothing about Ray, Optuna or MLflow, so it can be unit-tested and trained
 alone. The platform calls it as follows, in one worker process:
 
+* ``configure(fixed)`` once per process, first, with the sweep's ``fixed`` values (constants every
+  trial shares, e.g. a ``data_dir``); it may raise ``ValueError`` for a value it cannot use. The
+  platform also calls it before a sweep starts, so such a value is reported as bad input.
 * ``load_data(seed=...)`` once per process and seed (the platform caches the result, so trials
   that reuse the process do not load it again). Everything returned is a tensor on the CPU; the
   trainer moves it to the trial's device once.
@@ -72,6 +75,10 @@ class Experiment(ABC):
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: what ``build_model`` and the trainer use where the search space is silent.
     default_config: ClassVar[Mapping[str, Any]] = {}
+
+    def configure(self, fixed: Mapping[str, Any]) -> None:
+        """Take what ``load_data`` needs from the sweep's fixed values; ignores them by default."""
+        return None
 
     @abstractmethod
     def load_data(self, *, seed: int) -> Data:

@@ -53,7 +53,20 @@ def check_experiment(spec: SweepSpec) -> type[Experiment]:
     if spec.metric not in known:
         raise ConfigError(source, "metric", f"'{spec.metric}' is not reported; known: {', '.join(known)}")
     _check_optimizers(spec)
+    _check_configure(cls, spec)
     return cls
+
+
+def _check_configure(cls: type[Experiment], spec: SweepSpec) -> None:
+    """Let the experiment refuse a fixed value (a missing data folder) before anything starts."""
+    try:
+        cls().configure(dict(spec.fixed))
+    except ValueError as exc:
+        # "data_dir: no such folder" names its key: error: sweep.yaml: fixed.data_dir: no such folder
+        key, sep, message = str(exc).partition(": ")
+        if not (sep and key in spec.fixed):
+            key, message = "", str(exc)
+        raise ConfigError(str(spec.source), f"fixed.{key}".rstrip("."), message) from None
 
 
 def _check_optimizers(spec: SweepSpec) -> None:

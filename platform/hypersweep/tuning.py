@@ -68,6 +68,7 @@ class _Job:
     gpus: float
     metric: str
     mode: str
+    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
 
 
 def new_sweep_id(name: str) -> str:
@@ -160,6 +161,7 @@ def build_tuner(
         gpus=spec.resources.gpus_per_trial,
         metric=spec.metric,
         mode=spec.mode,
+        fixed=tuple(sorted(spec.fixed.items())),
     )
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
@@ -277,7 +279,7 @@ def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
 
 
 # -- worker side: one trial -------------------------------------------------------------------
-_DATA_CACHE: dict[tuple[str, int, str], tuple[Experiment, Data]] = {}
+_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
 
 
 def _trainable(config: dict[str, Any], job: _Job) -> None:
@@ -303,10 +305,11 @@ def _device(gpus: float) -> torch.device:
 
 def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
     """Load each dataset once per worker process (trials reuse the process) and device."""
-    key = (job.experiment, job.settings.seed, str(device))
+    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
     if key not in _DATA_CACHE:
         cls = resolve_experiment(job.experiment, list(job.roots))
         experiment = cls()
+        experiment.configure(dict(job.fixed))
         _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
     return _DATA_CACHE[key]
 

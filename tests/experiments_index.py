@@ -1,0 +1,27 @@
+"""Every experiment the project ships, found from its sweep files (experiments/ and examples/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypersweep.config import SweepSpec, load_sweep
+from hypersweep.experiment import Experiment
+from hypersweep.registry import import_roots, resolve_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_SWEEPS = sorted((ROOT / "experiments").glob("*.yaml"))
+EXAMPLE_SWEEPS = sorted((ROOT / "examples").glob("*/*.yaml"))
+ALL_SWEEPS = EXPERIMENT_SWEEPS + EXAMPLE_SWEEPS
+
+
+def sweep_id(path: Path) -> str:
+    return path.stem
+
+
+def load(path: Path) -> tuple[SweepSpec, Experiment]:
+    """The sweep and a configured instance of its experiment, as a worker would make it."""
+    spec = load_sweep(path)
+    cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=str(path))
+    experiment = cls()
+    experiment.configure(dict(spec.fixed))
+    return spec, experiment

@@ -1,0 +1,109 @@
+"""Each experiment as a tiny real sweep through the CLI; the lessons every trial has built in."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hypersweep.config import load_sweep
+from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
+from tests.experiments_index import EXPERIMENT_SWEEPS, sweep_id
+from tests.mlflow_store import StoredSweep, read_sweep
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+DIABETES = ROOT / "experiments" / "diabetes_mlp.yaml"
+# The default sweep (breast cancer) has its own, fuller end-to-end tests in test_sweep.py; the
+# diabetes sweep is the divergence-and-patience sweep below (one Ray start-up less).
+TINY = [p for p in EXPERIMENT_SWEEPS if p not in (DEFAULT_SWEEP, DIABETES)]
+FINISHED = {"completed", "early_stopped"}
+
+
+def run_tiny(path: Path, tmp_path: Path, *extra: str) -> tuple[StoredSweep, str]:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = hypersweep(
+        "run",
+        str(path),
+        "--tracking-uri",
+        uri,
+        "--storage",
+        str(tmp_path / "runs"),
+        *extra,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return read_sweep(uri, load_sweep(path).name), result.stdout
+
+
+@pytest.mark.parametrize("path", TINY, ids=sweep_id)
+def test_each_experiment_runs_as_a_tiny_sweep(path: Path, tmp_path: Path) -> None:
+    spec = load_sweep(path)
+    extra = ["--num-samples", "2", "--max-epochs", "2", "--set", "scheduler.grace_period=1"]
+    if path.stem == "digits_vae":
+        # Every finished trial must leave its samples: no ASHA stops, no divergent rates.
+        extra += ["--scheduler", "fifo", "--set", "search_space.lr.high=0.01"]
+    stored, _ = run_tiny(path, tmp_path, *extra)
+    check_nested_runs(stored, spec.metric, trials=2)
+    if path.stem == "digits_vae":
+        check_vae_samples(stored, tmp_path)
+
+
+def check_nested_runs(stored: StoredSweep, metric: str, *, trials: int) -> None:
+    assert len(stored.children) == trials
+    parent_id = stored.parent.info.run_id
+    assert all(c.data.tags["mlflow.parentRunId"] == parent_id for c in stored.children)
+    for child in stored.children:
+        assert stored.tag(child, "status") in {*FINISHED, "diverged"}
+        steps = [s for s, _ in stored.history(child, "train_loss")]
+        assert steps and steps == list(range(1, len(steps) + 1))
+        if stored.tag(child, "status") != "diverged":
+            assert [s for s, _ in stored.history(child, metric)] == steps
+        assert {"lr", "optimizer", "dropout", "batch_size"} <= set(child.data.params)
+    assert math.isfinite(stored.parent.data.metrics[f"best_{metric}"])
+
+
+def check_vae_samples(stored: StoredSweep, tmp_path: Path) -> None:
+    finished = [c for c in stored.children if stored.tag(c, "status") in FINISHED]
+    assert finished
+    for child in finished:
+        names = [a.path for a in stored.client.list_artifacts(child.info.run_id)]
+        assert "samples.png" in names, names
+        local = stored.client.download_artifacts(child.info.run_id, "samples.png", str(tmp_path))
+        image = Image.open(io.BytesIO(Path(local).read_bytes()))
+        image.load()
+        assert image.format == "PNG" and image.mode == "L"
+        assert image.size == (8 * (8 * 4 + 1) + 1,) * 2  # 8 x 8 samples of 8x8 pixels, x4, 1px gaps
+        assert len(set(image.getdata())) > 2  # drawn digits, not a blank page
+
+
+def test_huge_learning_rates_diverge_at_once_and_patience_stops_the_rest(tmp_path: Path) -> None:
+    # Any optimizer at lr 1e5 explodes in its first batches; at 1e-2 it learns. A min_delta no
+    # epoch can beat makes every learning trial stop by patience after its second epoch.
+    # Seed 2: the seeded random sampler draws 1e5, 1e-2, 1e-2, 1e5 (seed 0 draws 1e-2 only).
+    stored, stdout = run_tiny(
+        DIABETES,
+        tmp_path,
+        *("--num-samples", "4", "--max-epochs", "5", "--scheduler", "fifo", "--search", "random"),
+        *("--seed", "2", "--set", "search_space.lr={type: choice, values: [1.0e+5, 1.0e-2]}"),
+        *("--set", "training.patience=1", "--set", "training.min_delta=1.0e9"),
+    )
+    check_nested_runs(stored, "val_rmse", trials=4)
+    by_lr: dict[float, list] = {}
+    for child in stored.children:
+        by_lr.setdefault(float(child.data.params["lr"]), []).append(child)
+    assert set(by_lr) == {1e5, 1e-2}, "the seeded sampler should draw both rates"
+    for child in by_lr[1e5]:
+        assert stored.tag(child, "status") == "diverged"
+        assert stored.tag(child, "stop_reason") == "diverged"
+        assert [s for s, _ in stored.history(child, "train_loss")] == [1]
+    for child in by_lr[1e-2]:
+        assert stored.tag(child, "status") == "early_stopped"
+        assert stored.tag(child, "stop_reason") == "patience"
+        assert [s for s, _ in stored.history(child)] == [1, 2]
+    best_run = stored.parent.data.tags["hypersweep.best_run_id"]
+    assert best_run in {c.info.run_id for c in by_lr[1e-2]}
+    assert math.isfinite(stored.parent.data.metrics["best_val_rmse"])
+    assert "diverged" in stdout
