@@ -3,6 +3,7 @@ counts every fault test asserts, and killing a process tree by pid."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -105,8 +106,21 @@ def free_port() -> int:
 def start_server(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """A real `mlflow server` on 127.0.0.1:port with a SQLite backend; returns once it answers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
-        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            *extra,
+        ],
         cwd=db.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -127,10 +141,8 @@ def start_server(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
 
 def stop_group(pid: int) -> None:
     """SIGKILL the process group led by ``pid`` (a server started with start_new_session)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def descendants(pid: int) -> list[int]:
@@ -149,10 +161,8 @@ def descendants(pid: int) -> list[int]:
 
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def client(uri: str) -> MlflowClient:
