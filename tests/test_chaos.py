@@ -165,3 +165,41 @@ def test_tracking_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         assert steps(uri, "train_loss") == [[1, 2, 3, 4, 5, 6]] * 3
     finally:
         stop_group(server.pid)
+
+
+def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: Path) -> None:
+    """A real `mlflow server --app-name basic-auth`: the recorder logs with env credentials."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from hypersweep.tracking import SweepRecorder
+
+    db, port = tmp_path / "auth.db", free_port()
+    (tmp_path / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path}/users.db\n"
+        "admin_username = admin\nadmin_password = password1234\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
+    try:
+        server = start_server(db, port, "--app-name", "basic-auth")
+    finally:
+        del os.environ["MLFLOW_AUTH_CONFIG_PATH"]
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="password1234")
+        recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min")
+        recorder.start_sweep(name="auth", sweep_id="auth-1", settings={"tracking_uri": uri})
+        recorder.trial_started("t1", {"lr": 0.1})
+        recorder.trial_result("t1", {"epoch": 1, "val_loss": 0.5, "train_loss": 0.6})
+        recorder.trial_finished("t1", status="completed", stop_reason="completed")
+        assert recorder.finish_sweep(best_weights=None, failed=False) is not None
+        assert recorder.unsent == 0
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+            MlflowClient(tracking_uri=uri).search_experiments()
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        stop_group(server.pid)

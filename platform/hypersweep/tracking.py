@@ -222,10 +222,9 @@ class SweepRecorder:
 
     def suspend(self) -> None:
         """An interrupted sweep: runs still training and the parent become KILLED until resumed."""
-        for run in self._trials.values():
-            if not run.run_status:
-                run.reopen = True
         self.flush(force=True)
+        for run in self._trials.values():
+            run.reopen = not run.run_status  # the next flush (after resume) makes it RUNNING again
         try:
             for run in self._trials.values():
                 if run.reopen and run.run_id:
