@@ -197,7 +197,7 @@ def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: P
         assert recorder.finish_sweep(best_weights=None, failed=False) is not None
         assert recorder.unsent == 0
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
-        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
+        with pytest.raises(MlflowException, match=r"401|Unauthorized|credentials"):
             MlflowClient(tracking_uri=uri).search_experiments()
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
