@@ -182,10 +182,11 @@ def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: P
         "mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
+    os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-only-csrf-key"  # required by basic-auth
     try:
         server = start_server(db, port, "--app-name", "basic-auth")
     finally:
-        del os.environ["MLFLOW_AUTH_CONFIG_PATH"]
+        del os.environ["MLFLOW_AUTH_CONFIG_PATH"], os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     uri = f"http://127.0.0.1:{port}"
     try:
         os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="password1234")

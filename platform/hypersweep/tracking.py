@@ -49,7 +49,7 @@ _MAX_PARAMS_PER_BATCH = 100
 _FLUSH_SECONDS = 2.0
 # An unreachable server must cost seconds, not MLflow's default minutes (5 retries x 120 s).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 _RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0)  # waits between flushes while the server is down
 # At the end of a sweep, how long to wait for an unreachable server before keeping the backlog.
