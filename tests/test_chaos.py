@@ -178,7 +178,7 @@ def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: P
     (tmp_path / "basic_auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{tmp_path}/users.db\n"
-        "admin_username = admin\nadmin_password = password1234\nauthorization_function = "
+        "admin_username = admin\nadmin_password = hs-test-Pw-7781\nauthorization_function = "
         "mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
@@ -189,7 +189,7 @@ def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: P
         del os.environ["MLFLOW_AUTH_CONFIG_PATH"], os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     uri = f"http://127.0.0.1:{port}"
     try:
-        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="password1234")
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="hs-test-Pw-7781")
         recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min")
         recorder.start_sweep(name="auth", sweep_id="auth-1", settings={"tracking_uri": uri})
         recorder.trial_started("t1", {"lr": 0.1})
