@@ -103,20 +103,14 @@ def _spec(name: str, trials: int, epochs: int, experiment: str, tmp: Path, space
 
 
 def hypersweep(trials: int, epochs: int, *, tracking: bool = True, trivial: bool = False) -> dict[str, Any]:
-    from hypersweep.tracking import SweepRecorder
     from hypersweep.tuning import run_sweep
 
     experiment = "benchmarks.workloads:Trivial" if trivial else "experiments.breast_cancer:BreastCancerMLP"
     space = {"lr": SPACE["lr"]} if trivial else SPACE
     with tempfile.TemporaryDirectory() as tmp:
         spec = _spec("bench", trials, epochs, experiment, Path(tmp), space)
-        recorder = None
-        if not tracking:
-            recorder = SweepRecorder(
-                tracking_uri="none", metric=spec.metric, mode=spec.mode, client=_NullClient()
-            )
         started = time.perf_counter()
-        outcome = run_sweep(spec, recorder=recorder)
+        outcome = run_sweep(spec, tracking_client=None if tracking else _NullClient())
         wall = time.perf_counter() - started
         same = _same_configs(spec.tracking_uri, trials) if tracking and not trivial else None
     return {

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from hypersweep.errors import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 _out = Console(highlight=False, soft_wrap=True)
 
 
@@ -85,7 +85,48 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
     )
     with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
         outcome = run_sweep(spec, address=address, progress=progress)
+    _end(spec, outcome)
+
+
+@cli.command()
+@click.argument("sweep")
+@click.option(
+    "--storage", help="Where the sweep's folder lies when SWEEP is an id (default ./hypersweep_runs)."
+)
+@click.option("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used).")
+@click.option("--address", help="Ray cluster address (default: the one the sweep used).")
+def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: str | None) -> None:
+    """Finish an interrupted sweep: SWEEP is its folder or its sweep id."""
+    from hypersweep.console import Progress
+    from hypersweep.tuning import find_sweep, resume_sweep, spec_of
+
+    folder, manifest = find_sweep(sweep, storage=storage)  # refuse anything else before starting Ray
+    spec = spec_of(manifest)
+    _out.print(f"resuming sweep {manifest['sweep_id']} in {folder}")
+    with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
+        outcome = resume_sweep(
+            folder, manifest, tracking_uri=tracking_uri, address=address, progress=progress
+        )
+    _end(spec, outcome)
+
+
+def _end(spec: Any, outcome: Any) -> None:
+    """The summary, then exit: 130 interrupted, 1 no valid trial, 0 otherwise."""
+    if outcome.interrupted:
+        click.echo(
+            f"interrupted: {sum(outcome.statuses.values())}/{spec.num_samples} trials finished; "
+            f"continue with: hypersweep resume {outcome.storage_path}",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     _print_outcome(spec, outcome)
+    if outcome.unsent:
+        click.echo(
+            f"warning: the tracking server did not answer ({outcome.tracking_error}); "
+            f"{outcome.unsent} writes are kept in {outcome.storage_path}: "
+            f"send them with: hypersweep resume {outcome.storage_path}",
+            err=True,
+        )
     sys.exit(EXIT_FAILED if outcome.failed else EXIT_OK)
 
 

@@ -15,7 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hypersweep.errors import ConfigError, did_you_mean, first_error
-from hypersweep.search_space import SearchSpace, parse_search_space
+from hypersweep.search_space import (
+    Choice,
+    IntParam,
+    LogUniform,
+    SearchSpace,
+    Uniform,
+    parse_search_space,
+)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -57,6 +64,9 @@ class TrainingSpec(_Frozen):
     # A loss that is NaN/inf, or above divergence_factor x the first epoch's, ends the trial.
     divergence_factor: Annotated[float, Field(gt=1)] = 10.0
     grad_clip_norm: Annotated[float | None, Field(gt=0)] = None
+    # A trial whose code raises or whose worker dies is retried this many times, each time from
+    # its last checkpoint (its last finished epoch), before it is marked failed.
+    max_failures: Annotated[int, Field(ge=0)] = 2
 
 
 class SweepSpec(_Frozen):
@@ -90,6 +100,7 @@ class SweepSpec(_Frozen):
         clash = sorted(set(self.fixed) & set(self.search_space.names))
         if clash:
             raise _KeyedError(f"fixed.{clash[0]}", "is also in the search space")
+        _check_trainer_values(self.fixed, self.search_space)
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -97,6 +108,40 @@ class SweepSpec(_Frozen):
         data = self.model_dump(mode="json", exclude={"search_space", "source"})
         data["search_space"] = self.search_space.as_dict()
         return data
+
+
+# Values the trainer or common layers read, with the range each must lie in (key -> test, words).
+_VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "dropout": (lambda v: 0 <= v < 1, "must be at least 0 and below 1"),
+    "batch_size": (lambda v: isinstance(v, int) and v > 0, "must be a positive integer"),
+    "lr": (lambda v: v > 0, "must be positive"),
+}
+
+
+def _check_trainer_values(fixed: Mapping[str, Any], space: SearchSpace) -> None:
+    """Every value a trial could get for dropout, batch_size or lr must make sense."""
+    for name, value in fixed.items():
+        _check_value(name, value, f"fixed.{name}")
+    for name, entry in space.entries:
+        prefix = f"search_space.{name}"
+        if isinstance(entry, Choice):
+            for value in entry.values:
+                _check_value(name, value, f"{prefix}.values")
+        elif isinstance(entry, LogUniform | Uniform | IntParam):
+            _check_value(name, entry.low, f"{prefix}.low")
+            _check_value(name, entry.high, f"{prefix}.high")
+        else:
+            _check_value(name, entry, prefix)
+
+
+def _check_value(name: str, value: Any, key: str) -> None:
+    rule = _VALUE_RULES.get(name)
+    if rule is None:
+        return
+    test, words = rule
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and test(value)
+    if not ok:
+        raise _KeyedError(key, f"{name} {words}, got {value!r}")
 
 
 class _KeyedError(ValueError):

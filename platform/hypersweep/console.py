@@ -59,6 +59,9 @@ class Progress:
             self.console.print(f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)")
         self._refresh()
 
+    def trial_retried(self, trial_id: str, error: str) -> None:
+        self.console.print(f"{trial_id}: {error}; retrying from its last checkpoint")
+
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True

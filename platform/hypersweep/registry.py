@@ -38,6 +38,12 @@ def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(source, "experiment", f"cannot import '{module_name}': {exc}") from None
+    except SyntaxError as exc:
+        where = f"{Path(exc.filename or '?').name} line {exc.lineno}"
+        raise ConfigError(source, "experiment", f"'{module_name}' has a syntax error ({where})") from None
+    except Exception as exc:  # the user's module ran code that failed at import time
+        what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(source, "experiment", f"importing '{module_name}' failed: {what}") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Experiment)):
         what = "not found" if cls is None else "not an Experiment subclass"

@@ -10,13 +10,21 @@ Run conventions (a contract, see README):
 
 Metrics are buffered and sent with ``log_batch`` (one request per run per flush, never one per
 value); a step already logged for a trial is never logged again (retries replay epochs).
+
+Nothing is lost when the tracking server goes away: every write is first recorded in the
+recorder's state (runs to create, metrics to send, runs to end), which is saved to a local file
+after each change; a flush sends what is outstanding and, when the server does not answer, keeps it
+and tries again later with bounded waits, so training never stalls on tracking. The same file
+carries the trial -> run map across a driver crash (``SweepRecorder.resume``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +33,7 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -38,6 +47,16 @@ _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _MAX_PARAMS_PER_BATCH = 100
 _FLUSH_SECONDS = 2.0
+# An unreachable server must cost seconds, not MLflow's default minutes (5 retries x 120 s).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+_RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0)  # waits between flushes while the server is down
+# At the end of a sweep, how long to wait for an unreachable server before keeping the backlog.
+FINAL_WAIT_SECONDS = float(os.environ.get("HYPERSWEEP_TRACKING_WAIT_S", "120"))
+# What a failed request raises: MLflow's own errors, connection errors (requests' are OSErrors).
+_TRACKING_ERRORS = (MlflowException, OSError)
+_SECRET_QUERY_KEYS = ("token", "password", "secret", "key", "auth")
 # Result keys that are bookkeeping (ours and Ray Tune's), not metrics worth a chart.
 _NOT_METRICS = {
     "epoch",
@@ -67,12 +86,61 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return str(mlflow.get_tracking_uri())
 
 
+def redact(text: str) -> str:
+    """A URI without its secrets: ``http://user:pw@host`` -> ``http://***@host``, ``?token=***``."""
+    if "://" not in text:
+        return text
+    parts = urllib.parse.urlsplit(text)
+    secret_keys = [k for k, _ in urllib.parse.parse_qsl(parts.query) if _is_secret(k)]
+    if "@" not in parts.netloc and not secret_keys:
+        return text  # unchanged, byte for byte (sqlite:///x must keep its slashes)
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = [
+        (k, "***" if _is_secret(k) else v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    masked = parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*"))
+    return urllib.parse.urlunsplit(masked)
+
+
+def _is_secret(key: str) -> bool:
+    return any(s in key.lower() for s in _SECRET_QUERY_KEYS)
+
+
+def redact_settings(data: Any) -> Any:
+    """``data`` with every URI-like string redacted (what a run may show to everyone)."""
+    if isinstance(data, Mapping):
+        return {k: redact_settings(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_settings(v) for v in data]
+    return redact(data) if isinstance(data, str) else data
+
+
 @dataclass
 class _TrialRun:
-    run_id: str
+    """One trial's run, as far as it is known and as far as it was sent."""
+
+    config: dict[str, Any]
+    run_id: str = ""  # "" until MLflow has created it
+    params_sent: bool = False
     last_step: int = 0
     pending: list[Metric] = field(default_factory=list)
     best: float = math.nan
+    final_tags: dict[str, str] = field(default_factory=dict)
+    run_status: str = ""  # FINISHED / FAILED once the trial has ended
+    ended: bool = False  # its end is recorded in MLflow
+    reopen: bool = False  # marked KILLED by an interruption: RUNNING again when it resumes
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["pending"] = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _TrialRun:
+        fields = dict(data)
+        fields["pending"] = [Metric(k, v, t, s) for k, v, t, s in fields.get("pending", [])]
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -86,16 +154,28 @@ class BestTrial:
 class SweepRecorder:
     """Driver-side recorder of one sweep. Not thread-safe: call it from the tuning loop only."""
 
-    def __init__(self, *, tracking_uri: str, metric: str, mode: str, client: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        metric: str,
+        mode: str,
+        state_file: Path | None = None,
+        client: Any = None,
+    ) -> None:
         # ``client``: anything with MlflowClient's methods (benchmarks pass one that sends nothing).
         self.client = client if client is not None else MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.metric, self.mode = metric, mode
+        self.state_file = state_file
         self.parent_run_id = ""
         self.experiment_id = ""
+        self.failed_flushes = 0  # flushes the server did not answer (an outage's length)
+        self.last_error = ""
         self._trials: dict[str, _TrialRun] = {}
-        self._configs: dict[str, dict[str, Any]] = {}
         self._last_flush = time.monotonic()
+        self._retry_at = 0.0
+        self._down = 0  # consecutive failed flushes
 
     # -- the sweep -------------------------------------------------------------------------
     def start_sweep(self, *, name: str, sweep_id: str, settings: Mapping[str, Any]) -> str:
@@ -107,12 +187,41 @@ class SweepRecorder:
             tags={ROLE: "sweep", SWEEP_ID: sweep_id},
         )
         self.parent_run_id = run.info.run_id
-        params = [Param(k, _param_text(v)) for k, v in _flatten(settings).items()]
+        self._save()
+        shown = redact_settings(settings)
+        params = [Param(k, _param_text(v)) for k, v in _flatten(shown).items()]
         self._log_params(self.parent_run_id, params)
-        self.client.log_text(
-            self.parent_run_id, yaml.safe_dump(dict(settings), sort_keys=False), "sweep.yaml"
-        )
+        self.client.log_text(self.parent_run_id, yaml.safe_dump(dict(shown), sort_keys=False), "sweep.yaml")
         return self.parent_run_id
+
+    def resume(self) -> None:
+        """Continue the sweep saved in ``state_file``: same parent run, same child runs."""
+        assert self.state_file is not None
+        state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        self.parent_run_id, self.experiment_id = state["parent_run_id"], state["experiment_id"]
+        self._trials = {tid: _TrialRun.from_json(t) for tid, t in state["trials"].items()}
+        self.client.update_run(self.parent_run_id, status="RUNNING")
+        self._adopt_children()
+
+    def _adopt_children(self) -> None:
+        """Child runs MLflow has but the saved state missed (a crash right after creating one)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            max_results=10_000,
+        )
+        for found in runs:
+            tid = found.data.tags.get(TRIAL_ID)
+            known = self._trials.get(tid) if tid else None
+            if tid is None or (known is not None and known.run_id):
+                continue
+            history = self.client.get_metric_history(found.info.run_id, self.metric)
+            last = max((m.step for m in history), default=0)
+            run = known or _TrialRun(config=dict(found.data.params))
+            run.run_id, run.params_sent, run.last_step = found.info.run_id, True, max(last, run.last_step)
+            run.reopen = found.info.status != "RUNNING" and not run.run_status
+            self._trials[tid] = run
+        self._save()
 
     def _experiment(self, name: str) -> str:
         existing = self.client.get_experiment_by_name(name)
@@ -120,22 +229,61 @@ class SweepRecorder:
             return str(existing.experiment_id)
         return str(self.client.create_experiment(name, tags=dict([_EXPERIMENT_KIND])))
 
-    def finish_sweep(self, *, best_weights: Path | None, failed: bool) -> BestTrial | None:
-        """Flush, record the best trial on the parent run and end it."""
+    def suspend(self) -> None:
+        """An interrupted sweep: runs still training and the parent become KILLED until resumed."""
         self.flush(force=True)
+        for run in self._trials.values():
+            run.reopen = not run.run_status  # the next flush (after resume) makes it RUNNING again
+        try:
+            for run in self._trials.values():
+                if run.reopen and run.run_id:
+                    self.client.set_terminated(run.run_id, status="KILLED")
+            self.client.set_terminated(self.parent_run_id, status="KILLED")
+        except _TRACKING_ERRORS as exc:
+            self._went_down(exc)
+        self._save()
+
+    def finish_sweep(self, *, best_weights: Path | None, failed: bool) -> BestTrial | None:
+        """Send the backlog (waiting a bounded time), record the best trial, end the parent run."""
+        if not self.drain(FINAL_WAIT_SECONDS):
+            return self.best_trial()  # kept in the state file: `hypersweep resume` sends it
         best = self.best_trial()
-        if best is not None:
-            self.client.log_batch(
-                self.parent_run_id,
-                metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
-                tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, best.run_id)],
-            )
-            self.client.log_dict(self.parent_run_id, best.config, "best_config.json")
-            if best_weights is not None and best_weights.is_file():
-                self.client.log_artifact(self.parent_run_id, str(best_weights), "best_model")
-        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-        self.client.set_terminated(self.parent_run_id, status=status)
+        try:
+            self._record_best(best, best_weights)
+            status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+            self.client.set_terminated(self.parent_run_id, status=status)
+        except _TRACKING_ERRORS as exc:
+            self._went_down(exc)
         return best
+
+    def _record_best(self, best: BestTrial | None, best_weights: Path | None) -> None:
+        if best is None:
+            return
+        self.client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
+            tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, best.run_id)],
+        )
+        self.client.log_dict(self.parent_run_id, best.config, "best_config.json")
+        if best_weights is not None and best_weights.is_file():
+            self.client.log_artifact(self.parent_run_id, str(best_weights), "best_model")
+
+    def drain(self, seconds: float) -> bool:
+        """Flush until nothing is outstanding or ``seconds`` have passed; True when all was sent."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.flush(force=True)
+            if not self.unsent or time.monotonic() >= deadline:
+                return not self.unsent
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    @property
+    def unsent(self) -> int:
+        """Writes MLflow has not acknowledged yet: metric values, runs to create, runs to end."""
+        return sum(
+            len(r.pending) + (not r.run_id) + (bool(r.run_status) and not r.ended)
+            for r in self._trials.values()
+        )
 
     def best_trial(self) -> BestTrial | None:
         sign = 1.0 if self.mode == "min" else -1.0
@@ -144,27 +292,33 @@ class SweepRecorder:
             return None
         _, tid = min(scored)
         run = self._trials[tid]
-        return BestTrial(tid, run.run_id, run.best, self._configs[tid])
+        return BestTrial(tid, run.run_id, run.best, run.config)
+
+    def statuses(self) -> dict[str, int]:
+        """Finished trials by status (each trial counted once, across resumes)."""
+        out: dict[str, int] = {}
+        for run in self._trials.values():
+            status = run.final_tags.get(STATUS)
+            if status:
+                out[status] = out.get(status, 0) + 1
+        return out
+
+    def knows(self, trial_id: str) -> bool:
+        return trial_id in self._trials
+
+    def is_finished(self, trial_id: str) -> bool:
+        run = self._trials.get(trial_id)
+        return run is not None and bool(run.run_status)
 
     # -- trials ----------------------------------------------------------------------------
     def trial_started(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        if trial_id in self._trials:  # a retry or restore reattaches to the same run
+        known = self._trials.get(trial_id)
+        if known is not None:  # a retry or restore reattaches to the same run
+            if not known.config:
+                known.config = dict(config)
             return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                MLFLOW_RUN_NAME: trial_id,
-                ROLE: "trial",
-                TRIAL_ID: trial_id,
-                STATUS: "running",
-            },
-        )
-        self._trials[trial_id] = _TrialRun(run.info.run_id)
-        self._configs[trial_id] = dict(config)
-        params = [Param(k, _param_text(v)) for k, v in sorted(config.items())]
-        self._log_params(run.info.run_id, params)
+        self._trials[trial_id] = _TrialRun(config=dict(config))
+        self.flush(force=True)  # create its run now (or as soon as the server answers)
 
     def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         run = self._trials[trial_id]
@@ -179,42 +333,103 @@ class SweepRecorder:
         value = result.get(self.metric)
         if result.get("stop_reason") != "diverged" and isinstance(value, int | float):
             run.best = _better(run.best, float(value), self.mode)
+        self._save()
         self.flush()
 
     def trial_finished(self, trial_id: str, *, status: str, stop_reason: str, error: str = "") -> None:
         run = self._trials[trial_id]
+        if run.run_status:
+            return  # already accounted for
         if status in ("diverged", "failed"):
             run.best = math.nan  # never the best trial
-        self._flush_run(run)
-        tags = [RunTag(STATUS, status), RunTag(STOP_REASON, stop_reason)]
+        run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
         if error:
-            tags.append(RunTag("hypersweep.error", error[:5000]))
-        self.client.log_batch(run.run_id, tags=tags)
-        final = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
-        self.client.set_terminated(run.run_id, status=RunStatus.to_string(final))
+            run.final_tags["hypersweep.error"] = error[:5000]
+        run.run_status = RunStatus.to_string(RunStatus.FAILED if status == "failed" else RunStatus.FINISHED)
+        self._save()
+        self.flush(force=True)
 
     def log_trial_artifacts(self, trial_id: str, directory: Path) -> None:
-        self.client.log_artifacts(self._trials[trial_id].run_id, str(directory))
+        run = self._trials[trial_id]
+        if not run.run_id:
+            return
+        try:
+            self.client.log_artifacts(run.run_id, str(directory))
+        except _TRACKING_ERRORS as exc:
+            self._went_down(exc)
 
     def flush(self, *, force: bool = False) -> None:
-        """Send buffered metrics at most every few seconds unless forced: batched, never per value."""
-        if not force and time.monotonic() - self._last_flush < _FLUSH_SECONDS:
+        """Send what is outstanding: at most every few seconds unless forced, and while the server
+        is down only after a growing wait (2 s up to 15 s), so a trial's result never waits long."""
+        now = time.monotonic()
+        if not force and now - self._last_flush < _FLUSH_SECONDS:
             return
-        for run in self._trials.values():
-            self._flush_run(run)
-        self._last_flush = time.monotonic()
+        if now < self._retry_at:
+            return
+        self._last_flush = now
+        try:
+            for trial_id, run in self._trials.items():
+                self._sync(trial_id, run)
+        except _TRACKING_ERRORS as exc:
+            self._went_down(exc)
+        else:
+            self._down, self._retry_at = 0, 0.0
+        self._save()
 
-    def _flush_run(self, run: _TrialRun) -> None:
-        while run.pending:
-            batch, run.pending = (
-                run.pending[:_MAX_METRICS_PER_BATCH],
-                run.pending[_MAX_METRICS_PER_BATCH:],
+    def _went_down(self, exc: BaseException) -> None:
+        self.failed_flushes += 1
+        self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self._retry_at = time.monotonic() + _RETRY_SECONDS[min(self._down, len(_RETRY_SECONDS) - 1)]
+        self._down += 1
+
+    def _sync(self, trial_id: str, run: _TrialRun) -> None:
+        """Bring one trial's run in MLflow up to date; each step is kept until MLflow confirms it."""
+        if not run.run_id:
+            created = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={
+                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                    MLFLOW_RUN_NAME: trial_id,
+                    ROLE: "trial",
+                    TRIAL_ID: trial_id,
+                    STATUS: "running",
+                },
             )
+            run.run_id = created.info.run_id
+            self._save()  # the trial -> run map must outlive this process before anything else
+        if not run.params_sent:
+            self._log_params(run.run_id, [Param(k, _param_text(v)) for k, v in sorted(run.config.items())])
+            run.params_sent = True
+        if run.reopen and not run.run_status:
+            self.client.update_run(run.run_id, status="RUNNING")
+            run.reopen = False
+        while run.pending:
+            batch = run.pending[:_MAX_METRICS_PER_BATCH]
             self.client.log_batch(run.run_id, metrics=batch)
+            run.pending = run.pending[len(batch) :]
+        if run.run_status and not run.ended:
+            tags = [RunTag(k, v) for k, v in run.final_tags.items()]
+            self.client.log_batch(run.run_id, tags=tags)
+            self.client.set_terminated(run.run_id, status=run.run_status)
+            run.ended = True
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+
+    def _save(self) -> None:
+        """Write the state (atomically: a crash leaves the old file or the new one, never half)."""
+        if self.state_file is None:
+            return
+        state = {
+            "parent_run_id": self.parent_run_id,
+            "experiment_id": self.experiment_id,
+            "trials": {tid: run.to_json() for tid, run in self._trials.items()},
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, self.state_file)
 
 
 def _better(best: float, value: float, mode: str) -> float:

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import os
 import tempfile
@@ -24,11 +26,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
-from hypersweep.config import SweepSpec
+from hypersweep.config import SweepSpec, build_spec
 from hypersweep.console import Progress
+from hypersweep.errors import ConfigError
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import import_roots, resolve_experiment
-from hypersweep.tracking import BestTrial, SweepRecorder, resolve_tracking_uri
+from hypersweep.tracking import BestTrial, SweepRecorder, redact, redact_settings, resolve_tracking_uri
 from hypersweep.trainer import TrainerState, TrainSettings, fit
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
@@ -41,6 +44,10 @@ ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment'
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
 
 
+MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.json"  # in the sweep's folder
+_FORMAT = "hypersweep-sweep/1"
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     sweep_id: str
@@ -51,6 +58,9 @@ class SweepOutcome:
     statuses: dict[str, int]
     wall_seconds: float
     trial_seconds: float  # sum of the trials' own running times
+    interrupted: bool = False  # Ctrl-C: resumable with `hypersweep resume storage_path`
+    unsent: int = 0  # tracking writes kept in storage_path because the server never came back
+    tracking_error: str = ""
 
     @property
     def failed(self) -> bool:
@@ -68,7 +78,6 @@ class _Job:
     gpus: float
     metric: str
     mode: str
-    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
 
 
 def new_sweep_id(name: str) -> str:
@@ -87,55 +96,207 @@ def run_sweep(
     *,
     address: str | None = None,
     progress: Progress | None = None,
-    recorder: SweepRecorder | None = None,
+    tracking_client: Any = None,
 ) -> SweepOutcome:
-    """Run a whole sweep; ``recorder`` replaces the MLflow recorder (benchmarks measure without it)."""
+    """Run a whole sweep; ``tracking_client`` replaces MlflowClient (benchmarks measure without it)."""
     roots = import_roots(spec.source)
     resolve_experiment(spec.experiment, roots, source=str(spec.source))
     info = cluster.connect(address=address, import_roots=roots)
     try:
         cluster.check_resources(spec.resources, info, source=str(spec.source))
-        return _run(spec, roots, cluster.concurrency(spec.resources, info), progress, recorder)
+        concurrent = cluster.concurrency(spec.resources, info)
+        sweep = _Sweep.new(spec, roots, concurrent, address)
+        sweep.tracking_client = tracking_client
+        return sweep.run(progress)
     finally:
         cluster.shutdown()
 
 
-def _run(
-    spec: SweepSpec,
-    roots: list[str],
-    concurrent: int,
-    progress: Progress | None,
-    recorder: SweepRecorder | None,
+def resume_sweep(
+    folder: Path,
+    manifest: Mapping[str, Any],
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    progress: Progress | None = None,
 ) -> SweepOutcome:
-    started = time.monotonic()
-    sweep_id = new_sweep_id(spec.name)
-    recorder = recorder or SweepRecorder(
-        tracking_uri=resolve_tracking_uri(spec.tracking_uri), metric=spec.metric, mode=spec.mode
-    )
-    parent = recorder.start_sweep(name=spec.name, sweep_id=sweep_id, settings=spec.resolved())
-    callback = _TrackingCallback(recorder, progress)
-    tuner = build_tuner(spec, roots=roots, sweep_id=sweep_id, concurrent=concurrent, callbacks=[callback])
-    results: tune.ResultGrid | None = None
+    """Finish an interrupted sweep (``find_sweep`` gives folder and manifest): the same parent run,
+    finished trials kept, the searcher's and scheduler's state restored, running trials reattached
+    to their runs and continued from their last checkpoint."""
+    spec = spec_of(manifest)
+    uri = tracking_uri or str(manifest["tracking_uri"])
+    if "***" in uri:
+        raise ConfigError(str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri")
+    roots = list(manifest["roots"])
+    info = cluster.connect(address=address or manifest.get("address"), import_roots=roots)
     try:
-        results = tuner.fit()
+        concurrent = cluster.concurrency(spec.resources, info)
+        sweep = _Sweep(spec, roots, concurrent, str(manifest["sweep_id"]), folder)
+        return sweep.resume(resolve_tracking_uri(uri), progress)
     finally:
-        best = recorder.best_trial()
-        checkpoint = _checkpoint_of(results, best)
-        with checkpoint or contextlib.nullcontext() as best_dir:
-            best = recorder.finish_sweep(
-                best_weights=Path(best_dir) / "model.pt" if best_dir else None,
-                failed=results is None or best is None,
+        cluster.shutdown()
+
+
+def spec_of(manifest: Mapping[str, Any]) -> SweepSpec:
+    """The sweep as it was started (search space inlined), from its manifest."""
+    return build_spec(manifest["spec"], Path(manifest["source"]))
+
+
+def find_sweep(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any]]:
+    """The folder and manifest of a sweep given its folder or its id; ConfigError for anything else."""
+    candidates = [Path(ref), Path(storage_path(storage)) / ref]
+    folder = next((c for c in candidates if (c / MANIFEST).is_file()), None)
+    if folder is None:
+        if not any(c.exists() for c in candidates):
+            raise ConfigError(ref, "", "no such sweep (neither a folder nor a sweep id under the storage)")
+        raise ConfigError(ref, "", f"not a hypersweep sweep (no {MANIFEST})")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(folder / MANIFEST), "", f"unreadable: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise ConfigError(str(folder / MANIFEST), "format", "not a hypersweep sweep manifest")
+    if not tune.Tuner.can_restore(str(folder.resolve())):
+        raise ConfigError(str(folder), "", "Ray Tune saved no state for this sweep yet: nothing to resume")
+    return folder.resolve(), manifest
+
+
+# Live driver-side objects of the sweeps in this process. Tune pickles its callbacks with the
+# experiment state, so a callback holds only the sweep id and finds these through it.
+_LIVE: dict[str, tuple[SweepRecorder, Progress | None]] = {}
+
+
+class _Sweep:
+    """One sweep's driver: the Tuner, its recorder and its folder (manifest + tracking state)."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        roots: list[str],
+        concurrent: int,
+        sweep_id: str,
+        folder: Path,
+        address: str | None = None,
+    ) -> None:
+        self.spec, self.roots, self.concurrent = spec, roots, concurrent
+        self.sweep_id, self.folder, self.address = sweep_id, folder, address
+        self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
+
+    @classmethod
+    def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
+        sweep_id = new_sweep_id(spec.name)
+        folder = Path(storage_path(spec.storage)) / sweep_id
+        return cls(spec, roots, concurrent, sweep_id, folder, address)
+
+    @property
+    def local(self) -> bool:
+        return "://" not in str(self.folder)  # resume needs the manifest on a local disk
+
+    def _recorder(self, uri: str) -> SweepRecorder:
+        state = self.folder / TRACKING_STATE if self.local else None
+        return SweepRecorder(
+            tracking_uri=uri,
+            metric=self.spec.metric,
+            mode=self.spec.mode,
+            state_file=state,
+            client=self.tracking_client,
+        )
+
+    def run(self, progress: Progress | None) -> SweepOutcome:
+        recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
+        if self.local:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        parent = recorder.start_sweep(
+            name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
+        )
+        if self.local:
+            self._write_manifest(recorder.tracking_uri)
+        tuner = build_tuner(
+            self.spec,
+            roots=self.roots,
+            sweep_id=self.sweep_id,
+            concurrent=self.concurrent,
+            callbacks=[_TrackingCallback(self.sweep_id)],
+        )
+        return self._fit(tuner, recorder, parent, progress)
+
+    def resume(self, uri: str, progress: Progress | None) -> SweepOutcome:
+        recorder = self._recorder(uri)
+        recorder.resume()
+        if progress is not None:
+            progress.finished.update(recorder.statuses())
+        tuner = tune.Tuner.restore(str(self.folder), trainable=_trainable_of(self.spec, self.roots))
+        return self._fit(tuner, recorder, recorder.parent_run_id, progress)
+
+    def _write_manifest(self, tracking_uri: str) -> None:
+        data = self.spec.resolved()
+        data["storage"] = str(self.folder.parent)
+        manifest = {
+            "format": _FORMAT,
+            "sweep_id": self.sweep_id,
+            "source": str(self.spec.source.resolve()),
+            "roots": self.roots,
+            "address": self.address,
+            "tracking_uri": redact(tracking_uri),
+            "spec": redact_settings(data),
+        }
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    def _fit(
+        self, tuner: tune.Tuner, recorder: SweepRecorder, parent: str, progress: Progress | None
+    ) -> SweepOutcome:
+        started = time.monotonic()
+        _LIVE[self.sweep_id] = (recorder, progress)
+        # A failed trial is reported in one line by the live view and recorded in MLflow
+        # (hypersweep.error); Tune's own log would print the whole worker traceback.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        results: tune.ResultGrid | None = None
+        interrupted = True  # until fit() returns with every trial accounted for
+        try:
+            results = tuner.fit()
+            _settle(recorder, results)
+            interrupted = sum(recorder.statuses().values()) < self.spec.num_samples
+        finally:
+            _LIVE.pop(self.sweep_id, None)
+            best = recorder.best_trial() if not interrupted else None
+            if interrupted:
+                recorder.suspend()
+            else:
+                with _checkpoint_of(results, best) or contextlib.nullcontext() as best_dir:
+                    best = recorder.finish_sweep(
+                        best_weights=Path(best_dir) / "model.pt" if best_dir else None, failed=best is None
+                    )
+        return SweepOutcome(
+            sweep_id=self.sweep_id,
+            parent_run_id=parent,
+            tracking_uri=redact(recorder.tracking_uri),
+            storage_path=str(self.folder),
+            best=best,
+            statuses=recorder.statuses(),
+            wall_seconds=time.monotonic() - started,
+            trial_seconds=_trial_seconds(results),
+            interrupted=interrupted,
+            unsent=recorder.unsent,
+            tracking_error=recorder.last_error if recorder.unsent else "",
+        )
+
+
+def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
+    """Trials Tune finished while no driver was listening (a crash between the two) get their end."""
+    for result in _results(grid):
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id", ""))
+        if not trial_id or recorder.is_finished(trial_id) or not recorder.knows(trial_id):
+            continue
+        if result.error is not None:
+            recorder.trial_finished(
+                trial_id, status="failed", stop_reason="error", error=_one_line(result.error)
             )
-    return SweepOutcome(
-        sweep_id=sweep_id,
-        parent_run_id=parent,
-        tracking_uri=recorder.tracking_uri,
-        storage_path=str(Path(storage_path(spec.storage)) / sweep_id),
-        best=best,
-        statuses=dict(callback.statuses),
-        wall_seconds=time.monotonic() - started,
-        trial_seconds=_trial_seconds(results),
-    )
+        elif metrics.get("done") or metrics.get("stop_reason"):
+            reason = str(metrics.get("stop_reason") or "asha")
+            recorder.trial_finished(
+                trial_id, status=STATUS_BY_REASON.get(reason, "early_stopped"), stop_reason=reason
+            )
 
 
 def build_tuner(
@@ -146,28 +307,8 @@ def build_tuner(
     concurrent: int,
     callbacks: list[tune.Callback],
 ) -> tune.Tuner:
-    job = _Job(
-        experiment=spec.experiment,
-        roots=tuple(roots),
-        settings=TrainSettings(
-            max_epochs=spec.max_epochs,
-            seed=spec.search.seed,
-            patience=spec.training.patience,
-            min_delta=spec.training.min_delta,
-            divergence_factor=spec.training.divergence_factor,
-            grad_clip_norm=spec.training.grad_clip_norm,
-        ),
-        threads=max(1, int(spec.resources.cpus_per_trial)),
-        gpus=spec.resources.gpus_per_trial,
-        metric=spec.metric,
-        mode=spec.mode,
-        fixed=tuple(sorted(spec.fixed.items())),
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
-    )
     return tune.Tuner(
-        trainable,
+        _trainable_of(spec, roots),
         param_space=dict(spec.fixed),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -186,7 +327,31 @@ def build_tuner(
             callbacks=callbacks,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial that raises or loses its worker restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
         ),
+    )
+
+
+def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
+    job = _Job(
+        experiment=spec.experiment,
+        roots=tuple(roots),
+        settings=TrainSettings(
+            max_epochs=spec.max_epochs,
+            seed=spec.search.seed,
+            patience=spec.training.patience,
+            min_delta=spec.training.min_delta,
+            divergence_factor=spec.training.divergence_factor,
+            grad_clip_norm=spec.training.grad_clip_norm,
+        ),
+        threads=max(1, int(spec.resources.cpus_per_trial)),
+        gpus=spec.resources.gpus_per_trial,
+        metric=spec.metric,
+        mode=spec.mode,
+    )
+    return tune.with_resources(
+        tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
     )
 
 
@@ -215,49 +380,64 @@ def _scheduler(spec: SweepSpec) -> TrialScheduler:
 
 # -- driver side: Tune events -> MLflow and the live view -------------------------------------
 class _TrackingCallback(tune.Callback):
-    def __init__(self, recorder: SweepRecorder, progress: Progress | None) -> None:
-        self.recorder = recorder
-        self.progress = progress
-        self.statuses: dict[str, int] = {}
+    """Tune's trial events -> the sweep's recorder and live view (found by sweep id, see _LIVE)."""
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config with the experiment state; the MLflow client and the
-        # terminal are live objects of this driver, so they are not part of it.
-        return {"statuses": self.statuses, "recorder": None, "progress": None}
+    def __init__(self, sweep_id: str) -> None:
+        self.sweep_id = sweep_id
+
+    def _live(self) -> tuple[SweepRecorder, Progress | None]:
+        return _LIVE[self.sweep_id]
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.recorder.trial_started(trial.trial_id, trial.config)
-        if self.progress:
-            self.progress.trial_started(trial.trial_id)
+        recorder, progress = self._live()
+        recorder.trial_started(trial.trial_id, trial.config)
+        if progress:
+            progress.trial_started(trial.trial_id)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        self.recorder.trial_result(trial.trial_id, result)
-        if self.progress:
-            self.progress.trial_result(trial.trial_id, result)
+        recorder, progress = self._live()
+        recorder.trial_result(trial.trial_id, result)
+        if progress:
+            progress.trial_result(trial.trial_id, result)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _, progress = self._live()
+        if progress:
+            error = trial.get_error()
+            what = _one_line(error) if error else f"failure {trial.num_failures}"
+            progress.trial_retried(trial.trial_id, what)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        recorder, _ = self._live()
         last = trial.last_result or {}
         reason = str(last.get("stop_reason") or "asha")
         if last.get("artifacts") and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
-                self.recorder.log_trial_artifacts(trial.trial_id, Path(directory) / ARTIFACTS_DIR)
+                recorder.log_trial_artifacts(trial.trial_id, Path(directory) / ARTIFACTS_DIR)
         self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error = trial.get_error()
-        self._finish(trial, "failed", "error", error=str(error) if error else "")
+        self._finish(trial, "failed", "error", error=_one_line(error) if error else "")
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        self.recorder.flush()
+        recorder, _ = self._live()
+        recorder.flush()
 
     def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
-        self.recorder.trial_finished(trial.trial_id, status=status, stop_reason=reason, error=error)
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        if self.progress:
+        recorder, progress = self._live()
+        recorder.trial_finished(trial.trial_id, status=status, stop_reason=reason, error=error)
+        if progress:
             epochs = int((trial.last_result or {}).get("epoch", 0))
-            self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
+            progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's last meaningful line (Ray wraps the trial's exception in its traceback text)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
@@ -279,7 +459,7 @@ def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
 
 
 # -- worker side: one trial -------------------------------------------------------------------
-_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
+_DATA_CACHE: dict[tuple[str, int, str], tuple[Experiment, Data]] = {}
 
 
 def _trainable(config: dict[str, Any], job: _Job) -> None:
@@ -305,11 +485,10 @@ def _device(gpus: float) -> torch.device:
 
 def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
     """Load each dataset once per worker process (trials reuse the process) and device."""
-    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
+    key = (job.experiment, job.settings.seed, str(device))
     if key not in _DATA_CACHE:
         cls = resolve_experiment(job.experiment, list(job.roots))
         experiment = cls()
-        experiment.configure(dict(job.fixed))
         _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
     return _DATA_CACHE[key]
 

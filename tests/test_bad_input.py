@@ -1,0 +1,110 @@
+"""Bad input through the real CLI: exit 2, one line naming file and key, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hypersweep.cli import main
+from hypersweep.tracking import redact, redact_settings
+from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
+
+BASE = (
+    "name: t\nexperiment: tests.toy:ToyRegression\n"
+    "search_space: {lr: {type: loguniform, low: 0.001, high: 0.1}}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: [unclosed\n", ": line 2: invalid YAML"),
+        ("", ": must be a non-empty mapping"),
+        ("- a\n", ": must be a non-empty mapping"),
+        (BASE + "num_sample: 3\n", ": num_sample: unknown key (did you mean 'num_samples'?)"),
+        (BASE + "max_epochs: ten\n", ": max_epochs: "),
+        (BASE + "training: {max_failures: -1}\n", ": training.max_failures: "),
+        (BASE + "fixed: {dropout: 1.0}\n", ": fixed.dropout: dropout must be at least 0 and below 1"),
+        (BASE + "fixed: {batch_size: 0}\n", ": fixed.batch_size: batch_size must be a positive integer"),
+        (
+            BASE.replace("{lr:", "{dropout: {type: uniform, low: 0.1, high: 1.5}, lr:"),
+            ": search_space.dropout.high: dropout must be at least 0 and below 1",
+        ),
+        (
+            BASE.replace("{lr:", "{batch_size: {type: choice, values: [32, -8]}, lr:"),
+            ": search_space.batch_size.values: batch_size must be a positive integer",
+        ),
+        (BASE + "resources: {gpus_per_trial: -1}\n", ": resources.gpus_per_trial: "),
+        (BASE + "max_epochs: 2\nscheduler: {grace_period: 3}\n", ": scheduler.grace_period: 3 exceeds"),
+        (BASE + "scheduler: {type: hyperbnd}\n", ": scheduler.type: "),
+        (BASE + "search: {type: grid}\n", ": search.type: "),
+        (BASE.replace("tests.toy:", "broken_syntax:"), ": experiment: 'broken_syntax' has a syntax error"),
+        (
+            BASE.replace("tests.toy:", "raises_on_import:"),
+            ": experiment: importing 'raises_on_import' failed",
+        ),
+    ],
+)
+def test_each_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path, text: str, where: str, monkeypatch, capsys
+) -> None:
+    (tmp_path / "pkg").mkdir()
+    sweep = tmp_path / "pkg" / "bad.yaml"
+    sweep.write_text(text)
+    (tmp_path / "broken_syntax.py").write_text("def f(:\n")  # experiments that fail on import
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('no GPU driver')\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:  # the CLI's own entry point, in this process
+        main(["run", str(sweep), "--tracking-uri", f"sqlite:///{tmp_path}/x.db"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {sweep}{where}"), err
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in str(p))
+    assert after == [p for p in before if "__pycache__" not in str(p)]  # no db, no runs folder
+
+
+def test_missing_sweep_file_and_unknown_flag(tmp_path: Path) -> None:
+    missing = hypersweep("run", "absent.yaml", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: absent.yaml: file not found"
+    flag = hypersweep("run", str(DEFAULT_SWEEP), "--max-epoch", "3", cwd=tmp_path)
+    assert flag.returncode == 2 and flag.stderr.startswith("error: command line: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_credentials_never_reach_the_parent_run_settings() -> None:
+    assert redact("http://alice:s3cret@mlflow.example:5000") == "http://***@mlflow.example:5000"
+    assert redact("https://h/api?token=abc&x=1") == "https://h/api?token=***&x=1"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    settings = {"tracking_uri": "http://u:p@h", "training": {"patience": 5}, "storage": "s3://k:v@b/x"}
+    shown = redact_settings(settings)
+    assert "p@" not in str(shown) and "k:v" not in str(shown) and shown["training"] == {"patience": 5}
+
+
+def test_ui_binds_loopback_by_default_and_warns_when_exposed(tmp_path: Path) -> None:
+    from tests.chaos_tools import free_port
+
+    # --help shows the defaults without starting a server.
+    result = hypersweep("ui", "--help", cwd=ROOT)
+    assert "127.0.0.1" in result.stdout
+    port = str(free_port())
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypersweep", "ui", "--host", "0.0.0.0", "--port", port,
+         "--tracking-uri", f"sqlite:///{tmp_path}/x.db"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        first = proc.stderr.readline() if proc.stderr else ""
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert "warning: the MLflow UI on 0.0.0.0 is reachable by anyone" in first

@@ -1,0 +1,206 @@
+"""Faults injected for real: trials that raise, workers killed, the driver killed or interrupted,
+the tracking server stopped mid-sweep. Each test asserts the same ledger: every trial accounted
+for exactly once, one child run per trial, no step logged twice, no run left RUNNING."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos_tools import (
+    builds_per_trial,
+    chaos_sweep,
+    cli,
+    counts,
+    descendants,
+    evals_per_trial,
+    free_port,
+    kill_all,
+    start_server,
+    steps,
+    stop_group,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+
+def _wait(proc, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _run(sweep: Path, tmp: Path, uri: str, *args: str) -> tuple[int, str, str]:
+    return _wait(cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp / "runs"), *args))
+
+
+def _sweep_dir(tmp: Path) -> Path:
+    (folder,) = (tmp / "runs").iterdir()
+    return folder
+
+
+@pytest.mark.parametrize("fault", ["raise", "kill"])
+def test_failed_trial_retries_from_its_last_checkpoint(tmp_path: Path, fault: str) -> None:
+    """An exception in a trial (raise) or its worker SIGKILLed (kill) at epoch 2, once per trial."""
+    sweep = chaos_sweep(tmp_path, samples=2, epochs=4, fault=fault, fault_epoch=2)
+    uri = f"sqlite:///{tmp_path}/x.db"
+    rc, out, err = _run(sweep, tmp_path, uri)
+    assert rc == 0, out + err
+    ledger = counts(uri)
+    assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (2, 2, 0, 0)
+    assert ledger.statuses == {"completed": 2}
+    assert steps(uri) == [[1, 2, 3, 4]] * 2
+    assert builds_per_trial(tmp_path) == [2, 2]  # one retry each
+    # From scratch a retry would evaluate 1 + 4 times; resumed after epoch 1 it evaluates 3 times:
+    # first attempt 1 (untrained) + 2, retry epochs 2..4.
+    assert evals_per_trial(tmp_path) == [6, 6]
+    assert "Traceback" not in err and "retrying from its last checkpoint" in err
+
+
+def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: Path) -> None:
+    sweep = chaos_sweep(tmp_path, samples=2, epochs=3, fault="raise", fault_epoch=1, fault_attempts=99)
+    uri = f"sqlite:///{tmp_path}/x.db"
+    rc, out, err = _run(sweep, tmp_path, uri, "--set", "training.max_failures=1")
+    assert rc == 1, out + err
+    ledger = counts(uri)
+    assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (2, 2, 0, 0)
+    assert ledger.statuses == {"failed": 2}
+    assert builds_per_trial(tmp_path) == [2, 2]  # first attempt + max_failures retries
+    from tests.mlflow_store import read_sweep
+
+    stored = read_sweep(uri, "chaos")
+    for child in stored.children:
+        assert child.info.status == "FAILED"
+        assert "injected fault" in child.data.tags["hypersweep.error"]
+    assert stored.parent.info.status == "FAILED"
+    assert "Traceback" not in err and "no trial finished" in out
+
+
+def _state(folder: Path) -> dict:
+    path = folder / "hypersweep-tracking.json"
+    return json.loads(path.read_text()) if path.is_file() else {"trials": {}}
+
+
+def _wait_until_mid_sweep(tmp: Path, proc, *, finished: int) -> None:
+    """Until ``finished`` trials ended and another one has logged an epoch."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        runs = tmp / "runs"
+        if runs.is_dir() and any(runs.iterdir()):
+            trials = _state(_sweep_dir(tmp))["trials"].values()
+            done = sum(bool(t["run_status"]) for t in trials)
+            busy = sum(not t["run_status"] and t["last_step"] >= 1 for t in trials)
+            if done >= finished and busy >= 1:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the sweep never got half way")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -> None:
+    sweep = chaos_sweep(tmp_path, samples=3, epochs=5, epoch_sleep=0.4)
+    uri = f"sqlite:///{tmp_path}/x.db"
+    proc = cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
+    _wait_until_mid_sweep(tmp_path, proc, finished=1)
+    folder = _sweep_dir(tmp_path)
+    if how == "sigkill":
+        tree = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        kill_all(tree)  # Ray's processes of the dead driver
+        ref = str(folder)
+        resume_args: tuple[str, ...] = ()
+    else:
+        proc.send_signal(signal.SIGINT)
+        rc, _, err = _wait(proc, timeout=120)
+        assert rc == 130, err
+        assert "Traceback" not in err
+        assert f"hypersweep resume {folder}" in err.splitlines()[-1]
+        interrupted = counts(uri)
+        assert interrupted.running == 0  # parent and unfinished children are KILLED, not RUNNING
+        ref, resume_args = folder.name, ("--storage", str(tmp_path / "runs"))
+    rc, out, err = _wait(cli("resume", ref, *resume_args))
+    assert rc == 0, out + err
+    ledger = counts(uri)
+    assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
+    assert ledger.statuses == {"completed": 3}
+    assert steps(uri) == [[1, 2, 3, 4, 5]] * 3
+    builds = builds_per_trial(tmp_path)
+    assert len(builds) == 3 and builds[0] == 1  # the trial finished before the crash never reran
+
+
+def test_resume_refuses_what_is_not_a_sweep(tmp_path: Path) -> None:
+    (tmp_path / "some_folder").mkdir()
+    for ref in (str(tmp_path / "some_folder"), "no-such-sweep-20200101-000000"):
+        rc, _, err = _wait(cli("resume", ref, "--storage", str(tmp_path), cwd=tmp_path), timeout=60)
+        assert rc == 2
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert "not a hypersweep sweep" in _wait(cli("resume", str(tmp_path / "some_folder")), 60)[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["some_folder"]
+
+
+def test_tracking_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+    """A real MLflow server killed after the first results and restarted on the same port/store."""
+    db, port = tmp_path / "server.db", free_port()
+    server = start_server(db, port)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        sweep = chaos_sweep(tmp_path, samples=3, epochs=6, epoch_sleep=0.3)
+        proc = cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
+        _wait_until_mid_sweep(tmp_path, proc, finished=0)
+        stop_group(server.pid)
+        server.wait(timeout=30)
+        time.sleep(3)  # results keep coming while the server is gone
+        server = start_server(db, port)
+        rc, out, err = _wait(proc)
+        assert rc == 0, out + err
+        ledger = counts(uri)
+        assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
+        assert steps(uri) == [[1, 2, 3, 4, 5, 6]] * 3
+        assert steps(uri, "train_loss") == [[1, 2, 3, 4, 5, 6]] * 3
+    finally:
+        stop_group(server.pid)
+
+
+def test_basic_auth_server_logs_with_credentials_and_refuses_without(tmp_path: Path) -> None:
+    """A real `mlflow server --app-name basic-auth`: the recorder logs with env credentials."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from hypersweep.tracking import SweepRecorder
+
+    db, port = tmp_path / "auth.db", free_port()
+    (tmp_path / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path}/users.db\n"
+        "admin_username = admin\nadmin_password = hs-test-Pw-7781\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
+    os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-only-csrf-key"  # required by basic-auth
+    try:
+        server = start_server(db, port, "--app-name", "basic-auth")
+    finally:
+        del os.environ["MLFLOW_AUTH_CONFIG_PATH"], os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="hs-test-Pw-7781")
+        recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min")
+        recorder.start_sweep(name="auth", sweep_id="auth-1", settings={"tracking_uri": uri})
+        recorder.trial_started("t1", {"lr": 0.1})
+        recorder.trial_result("t1", {"epoch": 1, "val_loss": 0.5, "train_loss": 0.6})
+        recorder.trial_finished("t1", status="completed", stop_reason="completed")
+        assert recorder.finish_sweep(best_weights=None, failed=False) is not None
+        assert recorder.unsent == 0
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        with pytest.raises(MlflowException, match=r"401|Unauthorized|credentials"):
+            MlflowClient(tracking_uri=uri).search_experiments()
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        stop_group(server.pid)
