@@ -45,6 +45,9 @@ class ResourcesSpec(_Frozen):
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
     # None: as many as the cluster's CPUs (and GPUs) fit at once.
     max_concurrent: Annotated[int | None, Field(ge=1)] = None
+    # A trial that asked for a GPU but finds no CUDA device: train on the CPU (tagged and warned)
+    # instead of failing.
+    allow_cpu_fallback: bool = False
 
 
 class TrainingSpec(_Frozen):
@@ -57,6 +60,8 @@ class TrainingSpec(_Frozen):
     # A loss that is NaN/inf, or above divergence_factor x the first epoch's, ends the trial.
     divergence_factor: Annotated[float, Field(gt=1)] = 10.0
     grad_clip_norm: Annotated[float | None, Field(gt=0)] = None
+    # Mixed precision: float16 autocast + gradient scaling on CUDA, bfloat16 autocast on the CPU.
+    amp: bool = False
 
 
 class SweepSpec(_Frozen):
@@ -76,6 +81,8 @@ class SweepSpec(_Frozen):
     training: TrainingSpec = TrainingSpec()
     tracking_uri: str | None = None
     storage: str | None = None
+    # A plain path that every node of a multi-node cluster sees (NFS, a shared mount).
+    storage_shared: bool = False
     source: Path = Path("<inline>")
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,13 @@ from hypersweep.errors import ConfigError
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
+# Result keys recorded as tags of the trial's run: where it ran (worker node, device).
+_WHERE_TAGS = {
+    "device": "hypersweep.device",
+    "node_id": "hypersweep.node_id",
+    "node_ip": "hypersweep.node_ip",
+}
+_HEALTH_TIMEOUT_S = 5.0  # MLflow's own retries would take minutes to give up on a dead server
 # Marks the experiment as model training so the MLflow UI opens its runs table, not GenAI views.
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -60,6 +69,30 @@ _NOT_METRICS = {
 }
 
 
+def check_tracking_uri(uri: str, *, source: str) -> None:
+    """An MLflow server must answer now, within seconds, before any run is created."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an authenticating server is up; MLflow's client sends the credentials
+        problem = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        problem = str(getattr(reason, "strerror", None) or reason)
+    raise ConfigError(
+        source,
+        "tracking_uri",
+        f"no MLflow server answers at {uri} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
+    )
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """The URI in force: the given one, else MLFLOW_TRACKING_URI, else MLflow's default (SQLite)."""
     if uri:
@@ -72,6 +105,8 @@ class _TrialRun:
     run_id: str
     last_step: int = 0
     pending: list[Metric] = field(default_factory=list)
+    pending_tags: list[RunTag] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)
     best: float = math.nan
 
 
@@ -171,6 +206,7 @@ class SweepRecorder:
         if step <= run.last_step:
             return  # replayed after a rollback: already logged
         run.last_step = step
+        self._note_where(run, result)
         stamp = _now_ms()
         for key, value in result.items():
             if key not in _NOT_METRICS and _is_number(value):
@@ -179,6 +215,14 @@ class SweepRecorder:
         if result.get("stop_reason") != "diverged" and isinstance(value, int | float):
             run.best = _better(run.best, float(value), self.mode)
         self.flush()
+
+    def _note_where(self, run: _TrialRun, result: Mapping[str, Any]) -> None:
+        """Tag the node and device a trial runs on, once (again only if a retry moves it)."""
+        for key, tag in _WHERE_TAGS.items():
+            value = result.get(key)
+            if isinstance(value, str) and value and run.where.get(key) != value:
+                run.where[key] = value
+                run.pending_tags.append(RunTag(tag, value))
 
     def trial_finished(self, trial_id: str, *, status: str, stop_reason: str, error: str = "") -> None:
         run = self._trials[trial_id]
@@ -204,6 +248,9 @@ class SweepRecorder:
         self._last_flush = time.monotonic()
 
     def _flush_run(self, run: _TrialRun) -> None:
+        if run.pending_tags:
+            tags, run.pending_tags = run.pending_tags, []
+            self.client.log_batch(run.run_id, tags=tags)
         while run.pending:
             batch, run.pending = (
                 run.pending[:_MAX_METRICS_PER_BATCH],

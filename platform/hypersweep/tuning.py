@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -28,7 +30,7 @@ from hypersweep.config import SweepSpec
 from hypersweep.console import Progress
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import import_roots, resolve_experiment
-from hypersweep.tracking import BestTrial, SweepRecorder, resolve_tracking_uri
+from hypersweep.tracking import BestTrial, SweepRecorder, check_tracking_uri, resolve_tracking_uri
 from hypersweep.trainer import TrainerState, TrainSettings, fit
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
@@ -39,6 +41,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
+FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class SweepOutcome:
     statuses: dict[str, int]
     wall_seconds: float
     trial_seconds: float  # sum of the trials' own running times
+    cpu_fallbacks: int = 0  # trials that asked for a GPU and trained on the CPU
+    first_error: str = ""  # the first failed trial's error, for the summary
 
     @property
     def failed(self) -> bool:
@@ -66,6 +72,7 @@ class _Job:
     settings: TrainSettings
     threads: int
     gpus: float
+    allow_cpu_fallback: bool
     metric: str
     mode: str
 
@@ -84,11 +91,19 @@ def storage_path(storage: str | None) -> str:
 def run_sweep(
     spec: SweepSpec, *, address: str | None = None, progress: Progress | None = None
 ) -> SweepOutcome:
+    """Preflight (experiment, tracking server, cluster, resources, storage), then the sweep.
+
+    Every check that can fail on bad input runs before the MLflow parent run is created.
+    """
+    source = str(spec.source)
     roots = import_roots(spec.source)
-    resolve_experiment(spec.experiment, roots, source=str(spec.source))
-    info = cluster.connect(address=address, import_roots=roots)
+    resolve_experiment(spec.experiment, roots, source=source)
+    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=source)
+    top_module = spec.experiment.partition(":")[0].split(".")[0]
+    info = cluster.connect(address=address, import_roots=roots, modules=[top_module])
     try:
-        cluster.check_resources(spec.resources, info, source=str(spec.source))
+        cluster.check_resources(spec.resources, info, source=source)
+        cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
         return _run(spec, roots, cluster.concurrency(spec.resources, info), progress)
     finally:
         cluster.shutdown()
@@ -123,6 +138,8 @@ def _run(spec: SweepSpec, roots: list[str], concurrent: int, progress: Progress 
         statuses=dict(callback.statuses),
         wall_seconds=time.monotonic() - started,
         trial_seconds=_trial_seconds(results),
+        cpu_fallbacks=callback.cpu_fallbacks,
+        first_error=callback.first_error,
     )
 
 
@@ -144,9 +161,11 @@ def build_tuner(
             min_delta=spec.training.min_delta,
             divergence_factor=spec.training.divergence_factor,
             grad_clip_norm=spec.training.grad_clip_norm,
+            amp=spec.training.amp,
         ),
         threads=max(1, int(spec.resources.cpus_per_trial)),
         gpus=spec.resources.gpus_per_trial,
+        allow_cpu_fallback=spec.resources.allow_cpu_fallback,
         metric=spec.metric,
         mode=spec.mode,
     )
@@ -206,11 +225,16 @@ class _TrackingCallback(tune.Callback):
         self.recorder = recorder
         self.progress = progress
         self.statuses: dict[str, int] = {}
+        self.cpu_fallbacks = 0
+        self.first_error = ""
+        self._fallback_trials: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config with the experiment state; the MLflow client and the
         # terminal are live objects of this driver, so they are not part of it.
-        return {"statuses": self.statuses, "recorder": None, "progress": None}
+        state = dict(self.__dict__)
+        state.update(recorder=None, progress=None)
+        return state
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.recorder.trial_started(trial.trial_id, trial.config)
@@ -221,6 +245,9 @@ class _TrackingCallback(tune.Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         self.recorder.trial_result(trial.trial_id, result)
+        if result.get("device") == FALLBACK_DEVICE and trial.trial_id not in self._fallback_trials:
+            self._fallback_trials.add(trial.trial_id)
+            self.cpu_fallbacks += 1
         if self.progress:
             self.progress.trial_result(trial.trial_id, result)
 
@@ -234,6 +261,8 @@ class _TrackingCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error = trial.get_error()
+        text = _error_line(error)
+        self.first_error = self.first_error or text
         self._finish(trial, "failed", "error", error=str(error) if error else "")
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
@@ -245,6 +274,15 @@ class _TrackingCallback(tune.Callback):
         if self.progress:
             epochs = int((trial.last_result or {}).get("epoch", 0))
             self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
+
+
+def _error_line(error: BaseException | None) -> str:
+    """The root cause of a trial's error in one line (Ray wraps it in its own exception types)."""
+    if error is None:
+        return ""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(cause).__name__
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
@@ -271,23 +309,33 @@ _DATA_CACHE: dict[tuple[str, int, str], tuple[Experiment, Data]] = {}
 
 def _trainable(config: dict[str, Any], job: _Job) -> None:
     torch.set_num_threads(job.threads)
-    device = _device(job.gpus)
+    device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
     experiment, data = _experiment_and_data(job, device)
+    # Where the trial ran, on every result: the driver records it as tags of the trial's run.
+    where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
     fit(
         experiment,
         data,
         config,
         replace(job.settings, device=str(device)),
-        _TuneReporter(job.metric, job.mode),
+        _TuneReporter(job.metric, job.mode, where),
     )
 
 
-def _device(gpus: float) -> torch.device:
+def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
+    """The device Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU) and its label."""
     if gpus <= 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"the trial was given {gpus:g} GPU but PyTorch sees no CUDA device")
-    return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+        return torch.device("cpu"), "cpu"
+    if torch.cuda.is_available():
+        return torch.device("cuda"), f"cuda:{','.join(map(str, ray.get_gpu_ids()))}"
+    node = ray.util.get_node_ip_address()
+    if not allow_cpu_fallback:
+        raise RuntimeError(
+            f"the trial asked for {gpus:g} GPU but PyTorch sees no CUDA device on node {node};"
+            " set resources.allow_cpu_fallback: true to train on the CPU instead"
+        )
+    _log.warning("trial asked for %g GPU, no CUDA device on node %s: training on the CPU", gpus, node)
+    return torch.device("cpu"), FALLBACK_DEVICE
 
 
 def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
@@ -303,8 +351,9 @@ def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, D
 class _TuneReporter:
     """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
 
-    def __init__(self, metric: str, mode: str) -> None:
+    def __init__(self, metric: str, mode: str, where: Mapping[str, str] | None = None) -> None:
         self.metric, self.mode = metric, mode
+        self.where = dict(where or {})
 
     def restore(self) -> TrainerState | None:
         checkpoint = tune.get_checkpoint()
@@ -320,7 +369,7 @@ class _TuneReporter:
         state: Callable[[], TrainerState],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        result = dict(metrics)
+        result = {**metrics, **self.where}
         value = result.get(self.metric)
         if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
             # The searcher and ASHA must see a diverged trial as the worst possible outcome.
