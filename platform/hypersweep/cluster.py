@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ray
 
@@ -18,6 +20,7 @@ import hypersweep
 from hypersweep.config import ResourcesSpec
 from hypersweep.errors import ConfigError
 
+_GCS_RETRIES = 8  # ~1 s each: how long joining may take once the address answers
 _CONNECT_TIMEOUT_S = 5.0  # TCP reachability of --address: a dead address fails in seconds
 _AUTH_HINT = (
     "; if the cluster uses token authentication (the default of `ray start --head`), set"
@@ -56,20 +59,69 @@ def connect(*, address: str | None, import_roots: list[str], modules: Sequence[s
     else:
         pythonpath = os.pathsep.join([*import_roots, os.environ.get("PYTHONPATH", "")])
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath.strip(os.pathsep)}}
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            runtime_env=runtime_env,
-        )
-    except (ConnectionError, RuntimeError, ray.exceptions.RaySystemError) as exc:
-        if address is None:
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError("--address", address, f"cannot join the Ray cluster: {first}{_AUTH_HINT}") from None
+    init: dict[str, Any] = dict(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        runtime_env=runtime_env,
+    )
+    if address is None:
+        ray.init(**init)
+    else:
+        _join(address, init)
     return _cluster_info(address)
+
+
+def _join(address: str, init: dict[str, Any]) -> None:
+    """Join a cluster in bounded time, its C++ client's retry warnings off the terminal."""
+    with _bounded_gcs_wait(), _stderr_captured() as captured:
+        try:
+            ray.init(**init)
+        except Exception as exc:
+            problem = _first_line(captured(), "InvalidAuthToken") or _first_line(str(exc), "")
+            raise ConfigError(
+                "--address", address, f"cannot join the Ray cluster: {problem}{_AUTH_HINT}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _bounded_gcs_wait() -> Iterator[None]:
+    """Ray retries a GCS that refuses the driver (a wrong token) for ~70 s by default."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    previous = os.environ.get(key)
+    os.environ.setdefault(key, str(_GCS_RETRIES))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 (where Ray's C++ core logs) to a temp file while joining."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: _read(sink)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read(sink: IO[bytes]) -> str:
+    sink.seek(0)
+    return sink.read().decode(errors="replace")
+
+
+def _first_line(text: str, needle: str) -> str:
+    for line in text.splitlines():
+        if needle in line and line.strip():
+            return line.split("] ", 1)[-1].strip()[:300]
+    return ""
 
 
 def ship_modules(modules: Sequence[str]) -> list[str]:

@@ -276,13 +276,11 @@ class _TrackingCallback(tune.Callback):
             self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
 
 
-def _error_line(error: BaseException | None) -> str:
-    """The root cause of a trial's error in one line (Ray wraps it in its own exception types)."""
-    if error is None:
-        return ""
-    cause = getattr(error, "cause", None) or error.__cause__ or error
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(cause).__name__
+def _error_line(error: object) -> str:
+    """The root cause of a trial's error in one line: the last line of Ray's error text
+    (``trial.get_error()`` is the text of the trial's error file, a traceback)."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
