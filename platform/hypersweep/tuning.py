@@ -260,10 +260,9 @@ class _TrackingCallback(tune.Callback):
         self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        text = _error_line(error)
-        self.first_error = self.first_error or text
-        self._finish(trial, "failed", "error", error=str(error) if error else "")
+        error = _error_text(trial)
+        self.first_error = self.first_error or _error_line(error)
+        self._finish(trial, "failed", "error", error=error)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.recorder.flush()
@@ -274,6 +273,15 @@ class _TrackingCallback(tune.Callback):
         if self.progress:
             epochs = int((trial.last_result or {}).get("epoch", 0))
             self.progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
+
+
+def _error_text(trial: Any) -> str:
+    """The trial's error trace. Tune writes it to the driver's staging folder first and syncs it
+    to storage later, so ``trial.get_error()`` (which reads storage) is often still None here."""
+    staged = trial.error_file
+    if staged and Path(staged).is_file():
+        return Path(staged).read_text(errors="replace")
+    return str(trial.get_error() or "")
 
 
 def _error_line(error: object) -> str:
