@@ -57,7 +57,9 @@ def connect(*, address: str | None, import_roots: list[str], modules: Sequence[s
         check_address(address)
         runtime_env: dict[str, Any] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
     else:
-        pythonpath = os.pathsep.join([*import_roots, os.environ.get("PYTHONPATH", "")])
+        # The folder holding hypersweep first: workers import the driver's copy, not another install.
+        own = str(Path(hypersweep.__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath.strip(os.pathsep)}}
     init: dict[str, Any] = dict(
         address=address,
