@@ -120,3 +120,32 @@ def test_early_stopping_stops_when_validation_loss_rises() -> None:
     assert len(reporter.results) < 30
     losses = [r["val_loss"] for r in reporter.results]
     assert min(losses[-3:]) >= min(losses)  # the last `patience` epochs never improved
+
+
+class _DtypeProbe(ToyRegression):
+    """Records the dtype of every forward output: bfloat16 under CPU autocast, else float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_dtypes: set[torch.dtype] = set()
+        self.eval_dtypes: set[torch.dtype] = set()
+
+    def build_model(self, config, data) -> nn.Module:
+        model = super().build_model(config, data)
+
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            (self.train_dtypes if module.training else self.eval_dtypes).add(output.dtype)
+
+        model.register_forward_hook(hook)
+        return model
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_mixed_precision_autocasts_training_only(amp: bool) -> None:
+    probe = _DtypeProbe()
+    settings = TrainSettings(max_epochs=4, amp=amp, grad_clip_norm=1.0)
+    result = fit(probe, probe.load_data(seed=0), {"lr": 0.01}, settings, ListReporter())
+    assert probe.train_dtypes == ({torch.bfloat16} if amp else {torch.float32})
+    assert probe.eval_dtypes == {torch.float32}  # metrics are computed in full precision
+    losses = [h["train_loss"] for h in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

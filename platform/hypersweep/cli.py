@@ -39,6 +39,12 @@ def _sweep_options(fn: Any) -> Any:
             "--storage",
             help="Where Tune keeps trial state (path or URI; default ./hypersweep_runs).",
         ),
+        click.option(
+            "--shared-storage",
+            is_flag=True,
+            default=None,
+            help="--storage is a path every cluster node mounts (NFS); required for a path on >1 node.",
+        ),
         click.option("--seed", type=int, help="Seed of the sampler, data split and initialisation."),
         click.option(
             "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override any sweep key."
@@ -64,6 +70,7 @@ def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> A
         "resources.max_concurrent": flags.get("max_concurrent"),
         "tracking_uri": flags.get("tracking_uri"),
         "storage": flags.get("storage"),
+        "storage_shared": flags.get("shared_storage"),
     }
     spec = load_sweep(sweep_file, overrides, values)
     check_experiment(spec)
@@ -136,6 +143,13 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
         f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
         f"trial time {outcome.trial_seconds:.1f} s"
     )
+    if outcome.cpu_fallbacks:
+        _out.print(
+            f"[yellow]warning: {outcome.cpu_fallbacks} trial(s) asked for a GPU, found no CUDA device and"
+            " trained on the CPU (tag hypersweep.device=cpu-fallback)[/]"
+        )
+    if outcome.first_error:
+        _out.print(f"[red]first trial error:[/] {outcome.first_error}")
     if outcome.best is None:
         _out.print("[red]no trial finished with a valid result[/]")
     else:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import ray
 
+import hypersweep
 from hypersweep.config import ResourcesSpec
 from hypersweep.errors import ConfigError
+
+_GCS_RETRIES = 8  # ~1 s each: how long joining may take once the address answers
+_CONNECT_TIMEOUT_S = 5.0  # TCP reachability of --address: a dead address fails in seconds
+_AUTH_HINT = (
+    "; if the cluster uses token authentication (the default of `ray start --head`), set"
+    " RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)"
+)
+# Never shipped to the workers with the code.
+_EXCLUDES = ["__pycache__", "*.pyc", ".git", ".venv", "mlruns", "mlartifacts", "*.db", "hypersweep_runs"]
 
 
 @dataclass(frozen=True)
@@ -26,22 +42,129 @@ class ClusterInfo:
     node_gpus: tuple[float, ...]
 
 
-def connect(*, address: str | None, import_roots: list[str]) -> ClusterInfo:
-    """Start local Ray (address None) or join a running cluster; workers import from ``import_roots``.
+def connect(*, address: str | None, import_roots: list[str], modules: Sequence[str] = ()) -> ClusterInfo:
+    """Start local Ray (address None) or join a running cluster.
 
-    Ray's own logging is kept off the terminal: the CLI shows its own compact progress.
+    Locally the workers share this machine's files, so ``import_roots`` on their PYTHONPATH is
+    enough (and costs nothing). A cluster's workers get the code itself through Ray's runtime
+    environment: ``modules`` (the experiment's top-level package or module) and hypersweep are
+    uploaded once as ``py_modules`` and put on every worker's path, so the nodes run exactly the
+    driver's version of both. Ray's own logging is kept off the terminal.
     """
     if ray.is_initialized():
         ray.shutdown()
-    pythonpath = os.pathsep.join([*import_roots, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
-    ray.init(
+    if address is not None:
+        check_address(address)
+        runtime_env: dict[str, Any] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
+    else:
+        # The folder holding hypersweep first: workers import the driver's copy, not another install.
+        own = str(Path(hypersweep.__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
+        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath.strip(os.pathsep)}}
+    init: dict[str, Any] = dict(
         address=address,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env=runtime_env,
     )
+    if address is None:
+        ray.init(**init)
+    else:
+        _join(address, init)
     return _cluster_info(address)
+
+
+def _join(address: str, init: dict[str, Any]) -> None:
+    """Join a cluster in bounded time, its C++ client's retry warnings off the terminal."""
+    with _bounded_gcs_wait(), _stderr_captured() as captured:
+        try:
+            ray.init(**init)
+        except Exception as exc:
+            problem = _first_line(captured(), "InvalidAuthToken") or _first_line(str(exc), "")
+            raise ConfigError(
+                "--address", address, f"cannot join the Ray cluster: {problem}{_AUTH_HINT}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _bounded_gcs_wait() -> Iterator[None]:
+    """Ray retries a GCS that refuses the driver (a wrong token) for ~70 s by default."""
+    key = "RAY_gcs_server_port_wait_time_s"
+    previous = os.environ.get(key)
+    os.environ.setdefault(key, str(_GCS_RETRIES))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 (where Ray's C++ core logs) to a temp file while joining."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: _read(sink)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read(sink: IO[bytes]) -> str:
+    sink.seek(0)
+    return sink.read().decode(errors="replace")
+
+
+def _first_line(text: str, needle: str) -> str:
+    for line in text.splitlines():
+        if needle in line and line.strip():
+            return line.split("] ", 1)[-1].strip()[:300]
+    return ""
+
+
+def ship_modules(modules: Sequence[str]) -> list[str]:
+    """Local paths of the packages/modules the workers need: the experiment's and hypersweep."""
+    package = str(Path(hypersweep.__file__).resolve().parent)
+    paths = [package]
+    for name in modules:
+        found = _module_path(name)
+        if found and found not in paths:
+            paths.append(found)
+    return paths
+
+
+def _module_path(name: str) -> str | None:
+    """Where an imported top-level module lives: its package folder, or its single .py file."""
+    module = sys.modules.get(name)
+    if module is None:
+        return None
+    locations = list(getattr(module, "__path__", []) or [])
+    if locations:
+        return str(Path(locations[0]).resolve())
+    file = getattr(module, "__file__", None)
+    return str(Path(file).resolve()) if file else None
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds, with one clear line, when nothing listens at a cluster address."""
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError("--address", address, "expected HOST:PORT (the head node's GCS port, e.g. 6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            "--address", address, f"no Ray cluster reachable ({reason} within {_CONNECT_TIMEOUT_S:g} s)"
+        ) from None
 
 
 def _cluster_info(address: str | None) -> ClusterInfo:
@@ -70,6 +193,20 @@ def check_resources(resources: ResourcesSpec, info: ClusterInfo, *, source: str)
             f"a trial asks for {resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU"
             f" but the largest node has {biggest[0]:g} CPU and {biggest[1]:g} GPU",
         )
+
+
+def check_storage(storage: str | None, *, shared: bool, info: ClusterInfo, source: str) -> None:
+    """Several nodes write trial checkpoints: they need one storage they all see (Ray >= 2.7)."""
+    if info.nodes <= 1 or shared or (storage and "://" in storage and not storage.startswith("file://")):
+        return
+    where = storage or "./hypersweep_runs (the default)"
+    raise ConfigError(
+        source,
+        "storage",
+        f"the cluster has {info.nodes} nodes but {where} is a path on this machine; use --storage"
+        " s3://bucket/path (or gs://, hdfs://), or declare a path every node mounts with"
+        " --shared-storage (storage_shared: true)",
+    )
 
 
 def concurrency(resources: ResourcesSpec, info: ClusterInfo) -> int:

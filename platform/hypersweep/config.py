@@ -52,6 +52,9 @@ class ResourcesSpec(_Frozen):
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0
     # None: as many as the cluster's CPUs (and GPUs) fit at once.
     max_concurrent: Annotated[int | None, Field(ge=1)] = None
+    # A trial that asked for a GPU but finds no CUDA device: train on the CPU (tagged and warned)
+    # instead of failing.
+    allow_cpu_fallback: bool = False
 
 
 class TrainingSpec(_Frozen):
@@ -67,6 +70,8 @@ class TrainingSpec(_Frozen):
     # A trial whose code raises or whose worker dies is retried this many times, each time from
     # its last checkpoint (its last finished epoch), before it is marked failed.
     max_failures: Annotated[int, Field(ge=0)] = 2
+    # Mixed precision: float16 autocast + gradient scaling on CUDA, bfloat16 autocast on the CPU.
+    amp: bool = False
 
 
 class SweepSpec(_Frozen):
@@ -86,6 +91,8 @@ class SweepSpec(_Frozen):
     training: TrainingSpec = TrainingSpec()
     tracking_uri: str | None = None
     storage: str | None = None
+    # A plain path that every node of a multi-node cluster sees (NFS, a shared mount).
+    storage_shared: bool = False
     source: Path = Path("<inline>")
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)

@@ -37,7 +37,9 @@ class Progress:
         if self._live is not None:
             self._live.__exit__(None, None, None)
             self._live = None
-        self.console.print(self._line())
+        if exc[0] is None or self.running or self.finished:
+            # Bad input stopped the sweep before any trial: its one error line stands alone.
+            self.console.print(self._line())
 
     def trial_started(self, trial_id: str) -> None:
         self.running.add(trial_id)

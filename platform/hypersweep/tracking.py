@@ -24,7 +24,9 @@ import json
 import math
 import os
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,13 @@ from hypersweep.errors import ConfigError
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
+# Result keys recorded as tags of the trial's run: where it ran (worker node, device).
+_WHERE_TAGS = {
+    "device": "hypersweep.device",
+    "node_id": "hypersweep.node_id",
+    "node_ip": "hypersweep.node_ip",
+}
+_HEALTH_TIMEOUT_S = 5.0  # MLflow's own retries would take minutes to give up on a dead server
 # Marks the experiment as model training so the MLflow UI opens its runs table, not GenAI views.
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -77,6 +86,30 @@ _NOT_METRICS = {
     "checkpoint_dir_name",
     "should_checkpoint",
 }
+
+
+def check_tracking_uri(uri: str, *, source: str) -> None:
+    """An MLflow server must answer now, within seconds, before any run is created."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an authenticating server is up; MLflow's client sends the credentials
+        problem = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        problem = str(getattr(reason, "strerror", None) or reason)
+    raise ConfigError(
+        source,
+        "tracking_uri",
+        f"no MLflow server answers at {uri} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
+    )
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -125,6 +158,8 @@ class _TrialRun:
     params_sent: bool = False
     last_step: int = 0
     pending: list[Metric] = field(default_factory=list)
+    pending_tags: list[RunTag] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)
     best: float = math.nan
     final_tags: dict[str, str] = field(default_factory=dict)
     run_status: str = ""  # FINISHED / FAILED once the trial has ended
@@ -134,12 +169,14 @@ class _TrialRun:
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["pending"] = [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+        data["pending_tags"] = [[t.key, t.value] for t in self.pending_tags]
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _TrialRun:
         fields = dict(data)
         fields["pending"] = [Metric(k, v, t, s) for k, v, t, s in fields.get("pending", [])]
+        fields["pending_tags"] = [RunTag(k, v) for k, v in fields.get("pending_tags", [])]
         return cls(**fields)
 
 
@@ -303,6 +340,22 @@ class SweepRecorder:
                 out[status] = out.get(status, 0) + 1
         return out
 
+    def count_tagged(self, tag: str, value: str) -> int:
+        """Trials whose run carries ``tag=value`` (e.g. how many fell back to the CPU)."""
+        key = next((k for k, t in _WHERE_TAGS.items() if t == tag), tag)
+        return sum(1 for run in self._trials.values() if run.where.get(key) == value)
+
+    def first_error(self) -> str:
+        """The error text of the first failed trial, '' if none failed."""
+        return next(
+            (
+                r.final_tags["hypersweep.error"]
+                for r in self._trials.values()
+                if "hypersweep.error" in r.final_tags
+            ),
+            "",
+        )
+
     def knows(self, trial_id: str) -> bool:
         return trial_id in self._trials
 
@@ -326,6 +379,7 @@ class SweepRecorder:
         if step <= run.last_step:
             return  # replayed after a rollback: already logged
         run.last_step = step
+        self._note_where(run, result)
         stamp = _now_ms()
         for key, value in result.items():
             if key not in _NOT_METRICS and _is_number(value):
@@ -335,6 +389,14 @@ class SweepRecorder:
             run.best = _better(run.best, float(value), self.mode)
         self._save()
         self.flush()
+
+    def _note_where(self, run: _TrialRun, result: Mapping[str, Any]) -> None:
+        """Tag the node and device a trial runs on, once (again only if a retry moves it)."""
+        for key, tag in _WHERE_TAGS.items():
+            value = result.get(key)
+            if isinstance(value, str) and value and run.where.get(key) != value:
+                run.where[key] = value
+                run.pending_tags.append(RunTag(tag, value))
 
     def trial_finished(self, trial_id: str, *, status: str, stop_reason: str, error: str = "") -> None:
         run = self._trials[trial_id]
@@ -401,6 +463,9 @@ class SweepRecorder:
         if not run.params_sent:
             self._log_params(run.run_id, [Param(k, _param_text(v)) for k, v in sorted(run.config.items())])
             run.params_sent = True
+        if run.pending_tags:
+            self.client.log_batch(run.run_id, tags=run.pending_tags)
+            run.pending_tags = []
         if run.reopen and not run.run_status:
             self.client.update_run(run.run_id, status="RUNNING")
             run.reopen = False

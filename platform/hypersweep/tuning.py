@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -31,7 +32,14 @@ from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import import_roots, resolve_experiment
-from hypersweep.tracking import BestTrial, SweepRecorder, redact, redact_settings, resolve_tracking_uri
+from hypersweep.tracking import (
+    BestTrial,
+    SweepRecorder,
+    check_tracking_uri,
+    redact,
+    redact_settings,
+    resolve_tracking_uri,
+)
 from hypersweep.trainer import TrainerState, TrainSettings, fit
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
@@ -42,6 +50,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
+FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
+_log = logging.getLogger(__name__)
 
 
 MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.json"  # in the sweep's folder
@@ -61,6 +71,8 @@ class SweepOutcome:
     interrupted: bool = False  # Ctrl-C: resumable with `hypersweep resume storage_path`
     unsent: int = 0  # tracking writes kept in storage_path because the server never came back
     tracking_error: str = ""
+    cpu_fallbacks: int = 0  # trials that asked for a GPU and trained on the CPU
+    first_error: str = ""  # the first failed trial's error, for the summary
 
     @property
     def failed(self) -> bool:
@@ -76,8 +88,10 @@ class _Job:
     settings: TrainSettings
     threads: int
     gpus: float
+    allow_cpu_fallback: bool
     metric: str
     mode: str
+    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
 
 
 def new_sweep_id(name: str) -> str:
@@ -98,14 +112,21 @@ def run_sweep(
     progress: Progress | None = None,
     tracking_client: Any = None,
 ) -> SweepOutcome:
-    """Run a whole sweep; ``tracking_client`` replaces MlflowClient (benchmarks measure without it)."""
+    """Preflight (experiment, tracking server, cluster, resources, storage), then the sweep.
+
+    Every check that can fail on bad input runs before the MLflow parent run is created.
+    ``tracking_client`` replaces MlflowClient (benchmarks measure without tracking).
+    """
+    source = str(spec.source)
     roots = import_roots(spec.source)
-    resolve_experiment(spec.experiment, roots, source=str(spec.source))
-    info = cluster.connect(address=address, import_roots=roots)
+    resolve_experiment(spec.experiment, roots, source=source)
+    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=source)
+    top_module = spec.experiment.partition(":")[0].split(".")[0]
+    info = cluster.connect(address=address, import_roots=roots, modules=[top_module])
     try:
-        cluster.check_resources(spec.resources, info, source=str(spec.source))
-        concurrent = cluster.concurrency(spec.resources, info)
-        sweep = _Sweep.new(spec, roots, concurrent, address)
+        cluster.check_resources(spec.resources, info, source=source)
+        cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
+        sweep = _Sweep.new(spec, roots, cluster.concurrency(spec.resources, info), address)
         sweep.tracking_client = tracking_client
         return sweep.run(progress)
     finally:
@@ -128,7 +149,10 @@ def resume_sweep(
     if "***" in uri:
         raise ConfigError(str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri")
     roots = list(manifest["roots"])
-    info = cluster.connect(address=address or manifest.get("address"), import_roots=roots)
+    top_module = spec.experiment.partition(":")[0].split(".")[0]
+    info = cluster.connect(
+        address=address or manifest.get("address"), import_roots=roots, modules=[top_module]
+    )
     try:
         concurrent = cluster.concurrency(spec.resources, info)
         sweep = _Sweep(spec, roots, concurrent, str(manifest["sweep_id"]), folder)
@@ -275,6 +299,8 @@ class _Sweep:
             statuses=recorder.statuses(),
             wall_seconds=time.monotonic() - started,
             trial_seconds=_trial_seconds(results),
+            cpu_fallbacks=recorder.count_tagged("hypersweep.device", FALLBACK_DEVICE),
+            first_error=_error_line(recorder.first_error()),
             interrupted=interrupted,
             unsent=recorder.unsent,
             tracking_error=recorder.last_error if recorder.unsent else "",
@@ -290,7 +316,7 @@ def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
             continue
         if result.error is not None:
             recorder.trial_finished(
-                trial_id, status="failed", stop_reason="error", error=_one_line(result.error)
+                trial_id, status="failed", stop_reason="error", error=_error_line(result.error)
             )
         elif metrics.get("done") or metrics.get("stop_reason"):
             reason = str(metrics.get("stop_reason") or "asha")
@@ -344,11 +370,14 @@ def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
             min_delta=spec.training.min_delta,
             divergence_factor=spec.training.divergence_factor,
             grad_clip_norm=spec.training.grad_clip_norm,
+            amp=spec.training.amp,
         ),
         threads=max(1, int(spec.resources.cpus_per_trial)),
         gpus=spec.resources.gpus_per_trial,
+        allow_cpu_fallback=spec.resources.allow_cpu_fallback,
         metric=spec.metric,
         mode=spec.mode,
+        fixed=tuple(sorted(spec.fixed.items())),
     )
     return tune.with_resources(
         tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
@@ -406,7 +435,7 @@ class _TrackingCallback(tune.Callback):
         _, progress = self._live()
         if progress:
             error = trial.get_error()
-            what = _one_line(error) if error else f"failure {trial.num_failures}"
+            what = _error_line(error) if error else f"failure {trial.num_failures}"
             progress.trial_retried(trial.trial_id, what)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -419,8 +448,7 @@ class _TrackingCallback(tune.Callback):
         self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        self._finish(trial, "failed", "error", error=_one_line(error) if error else "")
+        self._finish(trial, "failed", "error", error=_error_text(trial))
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         recorder, _ = self._live()
@@ -434,10 +462,20 @@ class _TrackingCallback(tune.Callback):
             progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
 
 
-def _one_line(error: BaseException) -> str:
-    """The error's last meaningful line (Ray wraps the trial's exception in its traceback text)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+def _error_text(trial: Any) -> str:
+    """The trial's error trace. Tune writes it to the driver's staging folder first and syncs it
+    to storage later, so ``trial.get_error()`` (which reads storage) is often still None here."""
+    staged = trial.error_file
+    if staged and Path(staged).is_file():
+        return Path(staged).read_text(errors="replace")
+    return str(trial.get_error() or "")
+
+
+def _error_line(error: object) -> str:
+    """The root cause of a trial's error in one line: the last line of Ray's error text
+    (``trial.get_error()`` is the text of the trial's error file, a traceback)."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
@@ -459,36 +497,47 @@ def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
 
 
 # -- worker side: one trial -------------------------------------------------------------------
-_DATA_CACHE: dict[tuple[str, int, str], tuple[Experiment, Data]] = {}
+_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
 
 
 def _trainable(config: dict[str, Any], job: _Job) -> None:
     torch.set_num_threads(job.threads)
-    device = _device(job.gpus)
+    device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
     experiment, data = _experiment_and_data(job, device)
+    # Where the trial ran, on every result: the driver records it as tags of the trial's run.
+    where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
     fit(
         experiment,
         data,
         config,
         replace(job.settings, device=str(device)),
-        _TuneReporter(job.metric, job.mode),
+        _TuneReporter(job.metric, job.mode, where),
     )
 
 
-def _device(gpus: float) -> torch.device:
+def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
+    """The device Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU) and its label."""
     if gpus <= 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"the trial was given {gpus:g} GPU but PyTorch sees no CUDA device")
-    return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+        return torch.device("cpu"), "cpu"
+    if torch.cuda.is_available():
+        return torch.device("cuda"), f"cuda:{','.join(map(str, ray.get_gpu_ids()))}"
+    node = ray.util.get_node_ip_address()
+    if not allow_cpu_fallback:
+        raise RuntimeError(
+            f"the trial asked for {gpus:g} GPU but PyTorch sees no CUDA device on node {node};"
+            " set resources.allow_cpu_fallback: true to train on the CPU instead"
+        )
+    _log.warning("trial asked for %g GPU, no CUDA device on node %s: training on the CPU", gpus, node)
+    return torch.device("cpu"), FALLBACK_DEVICE
 
 
 def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
     """Load each dataset once per worker process (trials reuse the process) and device."""
-    key = (job.experiment, job.settings.seed, str(device))
+    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
     if key not in _DATA_CACHE:
         cls = resolve_experiment(job.experiment, list(job.roots))
         experiment = cls()
+        experiment.configure(dict(job.fixed))
         _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
     return _DATA_CACHE[key]
 
@@ -496,8 +545,9 @@ def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, D
 class _TuneReporter:
     """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
 
-    def __init__(self, metric: str, mode: str) -> None:
+    def __init__(self, metric: str, mode: str, where: Mapping[str, str] | None = None) -> None:
         self.metric, self.mode = metric, mode
+        self.where = dict(where or {})
 
     def restore(self) -> TrainerState | None:
         checkpoint = tune.get_checkpoint()
@@ -513,7 +563,7 @@ class _TuneReporter:
         state: Callable[[], TrainerState],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        result = dict(metrics)
+        result = {**metrics, **self.where}
         value = result.get(self.metric)
         if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
             # The searcher and ASHA must see a diverged trial as the worst possible outcome.
