@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hypersweep import cluster, tuning
+from hypersweep import cluster, trial
 from hypersweep.cluster import ClusterInfo
 from hypersweep.config import ResourcesSpec
 from hypersweep.errors import ConfigError
@@ -97,7 +97,7 @@ def test_shipped_modules_are_hypersweep_and_the_experiment_package() -> None:
 
 def test_no_cuda_falls_back_only_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a node without CUDA
-    assert tuning._device(0, allow_cpu_fallback=False) == (torch.device("cpu"), "cpu")
-    assert tuning._device(0.5, allow_cpu_fallback=True) == (torch.device("cpu"), "cpu-fallback")
+    assert trial._device(0, allow_cpu_fallback=False) == (torch.device("cpu"), "cpu")
+    assert trial._device(0.5, allow_cpu_fallback=True) == (torch.device("cpu"), "cpu-fallback")
     with pytest.raises(RuntimeError, match=r"no CUDA device .*allow_cpu_fallback: true"):
-        tuning._device(0.5, allow_cpu_fallback=False)
+        trial._device(0.5, allow_cpu_fallback=False)

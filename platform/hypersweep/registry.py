@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hypersweep.config import SweepSpec
 from hypersweep.errors import ConfigError, did_you_mean
 from hypersweep.experiment import Experiment
-from hypersweep.search_space import Choice
 from hypersweep.trainer import OPTIMIZERS
+
+if TYPE_CHECKING:  # workers import this module; keep pydantic and Optuna out of their start-up
+    from hypersweep.config import SweepSpec
 
 
 def import_roots(sweep_file: Path) -> list[str]:
@@ -76,6 +78,8 @@ def _check_configure(cls: type[Experiment], spec: SweepSpec) -> None:
 
 
 def _check_optimizers(spec: SweepSpec) -> None:
+    from hypersweep.search_space import Choice
+
     entry = dict(spec.search_space.entries).get("optimizer", spec.fixed.get("optimizer"))
     names = entry.values if isinstance(entry, Choice) else [entry] if entry is not None else []
     for name in names:

@@ -9,19 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -30,7 +26,6 @@ from hypersweep import cluster
 from hypersweep.config import SweepSpec, build_spec
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
-from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import import_roots, resolve_experiment
 from hypersweep.tracking import (
     BestTrial,
@@ -40,7 +35,8 @@ from hypersweep.tracking import (
     redact_settings,
     resolve_tracking_uri,
 )
-from hypersweep.trainer import TrainerState, TrainSettings, fit
+from hypersweep.trainer import TrainSettings
+from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, TrialJob, trainable
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -48,10 +44,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
-FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
-_log = logging.getLogger(__name__)
 
 
 MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.json"  # in the sweep's folder
@@ -77,21 +70,6 @@ class SweepOutcome:
     @property
     def failed(self) -> bool:
         return self.best is None
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What every trial of a sweep shares; shipped once to the workers through the object store."""
-
-    experiment: str
-    roots: tuple[str, ...]
-    settings: TrainSettings
-    threads: int
-    gpus: float
-    allow_cpu_fallback: bool
-    metric: str
-    mode: str
-    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
 
 
 def new_sweep_id(name: str) -> str:
@@ -360,7 +338,7 @@ def build_tuner(
 
 
 def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
-    job = _Job(
+    job = TrialJob(
         experiment=spec.experiment,
         roots=tuple(roots),
         settings=TrainSettings(
@@ -380,7 +358,7 @@ def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
         fixed=tuple(sorted(spec.fixed.items())),
     )
     return tune.with_resources(
-        tune.with_parameters(_trainable, job=job), cluster.trial_resources(spec.resources)
+        tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)
     )
 
 
@@ -494,86 +472,3 @@ def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
         if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
             return result.checkpoint.as_directory()
     return None
-
-
-# -- worker side: one trial -------------------------------------------------------------------
-_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
-
-
-def _trainable(config: dict[str, Any], job: _Job) -> None:
-    torch.set_num_threads(job.threads)
-    device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
-    experiment, data = _experiment_and_data(job, device)
-    # Where the trial ran, on every result: the driver records it as tags of the trial's run.
-    where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
-    fit(
-        experiment,
-        data,
-        config,
-        replace(job.settings, device=str(device)),
-        _TuneReporter(job.metric, job.mode, where),
-    )
-
-
-def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
-    """The device Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU) and its label."""
-    if gpus <= 0:
-        return torch.device("cpu"), "cpu"
-    if torch.cuda.is_available():
-        return torch.device("cuda"), f"cuda:{','.join(map(str, ray.get_gpu_ids()))}"
-    node = ray.util.get_node_ip_address()
-    if not allow_cpu_fallback:
-        raise RuntimeError(
-            f"the trial asked for {gpus:g} GPU but PyTorch sees no CUDA device on node {node};"
-            " set resources.allow_cpu_fallback: true to train on the CPU instead"
-        )
-    _log.warning("trial asked for %g GPU, no CUDA device on node %s: training on the CPU", gpus, node)
-    return torch.device("cpu"), FALLBACK_DEVICE
-
-
-def _experiment_and_data(job: _Job, device: torch.device) -> tuple[Experiment, Data]:
-    """Load each dataset once per worker process (trials reuse the process) and device."""
-    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
-    if key not in _DATA_CACHE:
-        cls = resolve_experiment(job.experiment, list(job.roots))
-        experiment = cls()
-        experiment.configure(dict(job.fixed))
-        _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
-    return _DATA_CACHE[key]
-
-
-class _TuneReporter:
-    """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
-
-    def __init__(self, metric: str, mode: str, where: Mapping[str, str] | None = None) -> None:
-        self.metric, self.mode = metric, mode
-        self.where = dict(where or {})
-
-    def restore(self) -> TrainerState | None:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
-        return TrainerState.from_dict(state)
-
-    def report(
-        self,
-        metrics: dict[str, Any],
-        state: Callable[[], TrainerState],
-        artifacts: Mapping[str, bytes] | None = None,
-    ) -> None:
-        result = {**metrics, **self.where}
-        value = result.get(self.metric)
-        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
-            # The searcher and ASHA must see a diverged trial as the worst possible outcome.
-            result[self.metric] = math.inf if self.mode == "min" else -math.inf
-        snapshot = state()
-        with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
-            torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
-            torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
-            for name, content in (artifacts or {}).items():
-                target = Path(directory) / ARTIFACTS_DIR / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,125 @@
+"""The worker side of a trial: what runs inside a Ray worker process for each trial.
+
+Kept apart from ``tuning`` (the driver side) so that a worker imports only torch, Ray Tune's
+reporting API and the trainer: no MLflow, Optuna or terminal code, which would add seconds to
+every worker's start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from hypersweep.experiment import Data, Experiment
+from hypersweep.registry import resolve_experiment
+from hypersweep.trainer import TrainerState, TrainSettings, fit
+
+ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
+FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What every trial of a sweep shares; shipped once to the workers through the object store."""
+
+    experiment: str
+    roots: tuple[str, ...]
+    settings: TrainSettings
+    threads: int
+    gpus: float
+    allow_cpu_fallback: bool
+    metric: str
+    mode: str
+    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
+
+
+_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
+
+
+def trainable(config: dict[str, Any], job: TrialJob) -> None:
+    torch.set_num_threads(job.threads)
+    device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
+    experiment, data = _experiment_and_data(job, device)
+    # Where the trial ran, on every result: the driver records it as tags of the trial's run.
+    where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
+    fit(
+        experiment,
+        data,
+        config,
+        replace(job.settings, device=str(device)),
+        _TuneReporter(job.metric, job.mode, where),
+    )
+
+
+def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
+    """The device Ray assigned (Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU) and its label."""
+    if gpus <= 0:
+        return torch.device("cpu"), "cpu"
+    if torch.cuda.is_available():
+        return torch.device("cuda"), f"cuda:{','.join(map(str, ray.get_gpu_ids()))}"
+    node = ray.util.get_node_ip_address()
+    if not allow_cpu_fallback:
+        raise RuntimeError(
+            f"the trial asked for {gpus:g} GPU but PyTorch sees no CUDA device on node {node};"
+            " set resources.allow_cpu_fallback: true to train on the CPU instead"
+        )
+    _log.warning("trial asked for %g GPU, no CUDA device on node %s: training on the CPU", gpus, node)
+    return torch.device("cpu"), FALLBACK_DEVICE
+
+
+def _experiment_and_data(job: TrialJob, device: torch.device) -> tuple[Experiment, Data]:
+    """Load each dataset once per worker process (trials reuse the process) and device."""
+    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
+    if key not in _DATA_CACHE:
+        cls = resolve_experiment(job.experiment, list(job.roots))
+        experiment = cls()
+        experiment.configure(dict(job.fixed))
+        _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
+    return _DATA_CACHE[key]
+
+
+class _TuneReporter:
+    """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
+
+    def __init__(self, metric: str, mode: str, where: Mapping[str, str] | None = None) -> None:
+        self.metric, self.mode = metric, mode
+        self.where = dict(where or {})
+
+    def restore(self) -> TrainerState | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
+        return TrainerState.from_dict(state)
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], TrainerState],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        result = {**metrics, **self.where}
+        value = result.get(self.metric)
+        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
+            # The searcher and ASHA must see a diverged trial as the worst possible outcome.
+            result[self.metric] = math.inf if self.mode == "min" else -math.inf
+        snapshot = state()
+        with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
+            torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
+            torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
+            for name, content in (artifacts or {}).items():
+                target = Path(directory) / ARTIFACTS_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
