@@ -41,6 +41,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep.errors import ConfigError
 
+# The CLI prints its own summary; MLflow would add a "View run" line per run on a tracking server.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
@@ -356,6 +359,26 @@ class SweepRecorder:
             "",
         )
 
+    def forget_trials_except(self, known: set[str]) -> int:
+        """Drop trials Tune no longer knows, deleting their runs; returns how many.
+
+        A driver killed between starting a trial and Tune's next snapshot of its experiment
+        leaves a run for a trial that the restored Tune never saw: Tune reruns that
+        configuration slot as a new trial, so the partial run would otherwise stay RUNNING and
+        count twice. The run is soft-deleted (MLflow keeps it in its trash, restorable).
+        """
+        lost = [tid for tid in self._trials if tid not in known]
+        for tid in lost:
+            run = self._trials.pop(tid)
+            if run.run_id:
+                try:
+                    self.client.delete_run(run.run_id)
+                except _TRACKING_ERRORS as exc:
+                    self._went_down(exc)
+        if lost:
+            self._save()
+        return len(lost)
+
     def knows(self, trial_id: str) -> bool:
         return trial_id in self._trials
 
@@ -406,7 +429,7 @@ class SweepRecorder:
             run.best = math.nan  # never the best trial
         run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
         if error:
-            run.final_tags["hypersweep.error"] = error[:5000]
+            run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
         run.run_status = RunStatus.to_string(RunStatus.FAILED if status == "failed" else RunStatus.FINISHED)
         self._save()
         self.flush(force=True)

@@ -286,7 +286,11 @@ class _Sweep:
 
 
 def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
-    """Trials Tune finished while no driver was listening (a crash between the two) get their end."""
+    """Trials Tune finished while no driver was listening (a crash between the two) get their end;
+    runs of trials that Tune itself lost in the crash are dropped."""
+    known = {str((r.metrics or {}).get("trial_id", "")) for r in _results(grid)}
+    if "" not in known:  # a trial that never reported cannot be told apart: keep every run then
+        recorder.forget_trials_except(known)
     for result in _results(grid):
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id", ""))
