@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from experiments._tabular import split_tabular
 from hypersweep.experiment import Data, Experiment, Output
-from hypersweep.layers import mlp
+from hypersweep.layers import mlp_from_config
 
 
 class BreastCancerMLP(Experiment):
@@ -31,13 +31,7 @@ class BreastCancerMLP(Experiment):
         return split_tabular(x, 1 - y, seed=seed)
 
     def build_model(self, config: Mapping[str, Any], data: Data) -> nn.Module:
-        return mlp(
-            data.train.inputs.shape[1],
-            config["hidden_sizes"],
-            1,
-            act=str(config["activation"]),
-            dropout=float(config["dropout"]),
-        )
+        return mlp_from_config(config, data.train.inputs.shape[1], 1)
 
     def loss(self, output: Output, target: Tensor) -> Tensor:
         assert isinstance(output, Tensor)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from experiments._tabular import split_rows, split_tabular
 from hypersweep.experiment import Data, Experiment, Output
-from hypersweep.layers import mlp
+from hypersweep.layers import mlp_from_config
 
 
 class DiabetesMLP(Experiment):
@@ -37,13 +37,7 @@ class DiabetesMLP(Experiment):
         return split_tabular(x, y, seed=seed, standardize_targets=True)
 
     def build_model(self, config: Mapping[str, Any], data: Data) -> nn.Module:
-        return mlp(
-            data.train.inputs.shape[1],
-            config["hidden_sizes"],
-            1,
-            act=str(config["activation"]),
-            dropout=float(config["dropout"]),
-        )
+        return mlp_from_config(config, data.train.inputs.shape[1], 1)
 
     def loss(self, output: Output, target: Tensor) -> Tensor:
         assert isinstance(output, Tensor)

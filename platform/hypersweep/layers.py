@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -43,3 +44,14 @@ def mlp(
         width = int(size)
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+def mlp_from_config(config: Mapping[str, Any], in_features: int, out_features: int) -> nn.Sequential:
+    """``mlp`` sized and regularised by a trial's config: ``hidden_sizes``, ``activation``, ``dropout``."""
+    return mlp(
+        in_features,
+        config["hidden_sizes"],
+        out_features,
+        act=str(config["activation"]),
+        dropout=float(config["dropout"]),
+    )
