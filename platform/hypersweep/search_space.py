@@ -13,7 +13,6 @@ present in the trial's config) when every named parameter took one of the listed
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -218,7 +217,3 @@ def _check_condition(
         missing = [v for v in allowed if v not in parent.values]
         if missing:
             raise ConfigError(source, where, f"{missing} not among {ref}'s values {parent.values}")
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
