@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import sklearn.datasets  # noqa: F401  # a plain script imports its loader up front; forks inherit it
 import torch
 from experiments.breast_cancer import BreastCancerMLP
 

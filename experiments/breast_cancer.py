@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sklearn.datasets import load_breast_cancer
 from torch import Tensor, nn
 
 from experiments._tabular import split_tabular
@@ -26,6 +25,8 @@ class BreastCancerMLP(Experiment):
     }
 
     def load_data(self, *, seed: int) -> Data:
+        from sklearn.datasets import load_breast_cancer  # seconds to import: only where the data loads
+
         x, y = load_breast_cancer(return_X_y=True)
         # scikit-learn labels malignant as 0; flip so the positive class is the disease.
         return split_tabular(x, 1 - y, seed=seed)

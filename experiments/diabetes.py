@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sklearn.datasets import load_diabetes
 from torch import Tensor, nn
 
 from experiments._tabular import split_rows, split_tabular
@@ -31,6 +30,8 @@ class DiabetesMLP(Experiment):
         self.target_std = 1.0  # the training targets' spread: loss units -> disease-progression units
 
     def load_data(self, *, seed: int) -> Data:
+        from sklearn.datasets import load_diabetes  # seconds to import: only where the data loads
+
         x, y = load_diabetes(return_X_y=True)
         train, _, _ = split_rows(len(x), seed=seed)
         self.target_std = float(y[train].std() + 1e-8)

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from experiments._idx import find_idx_files, load_idx_folder
@@ -50,6 +49,8 @@ class DigitsCNN(Experiment):
     def load_data(self, *, seed: int) -> Data:
         if self.data_dir is not None:
             return self._idx_data(self.data_dir, seed=seed)
+        from sklearn.datasets import load_digits  # seconds to import: only where the data loads
+
         digits = load_digits()
         images = digits.images / 16.0  # (N, 8, 8), 16 grey levels -> [0, 1]
         train, val, test = split_rows(len(images), seed=seed)

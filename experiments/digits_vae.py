@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from experiments._png import png_grey, tile
@@ -58,6 +57,8 @@ class DigitsVAE(Experiment):
     }
 
     def load_data(self, *, seed: int) -> Data:
+        from sklearn.datasets import load_digits  # seconds to import: only where the data loads
+
         images = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)  # (N, 64) in [0, 1]
         parts = split_rows(len(images), seed=seed)
         # An autoencoder's target is its own input.

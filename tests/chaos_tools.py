@@ -33,7 +33,10 @@ def chaos_sweep(folder: Path, *, samples: int, epochs: int, **fixed: object) -> 
         "search_space: {lr: {type: loguniform, low: 0.001, high: 0.05}}\n"
         f"fixed: {{{', '.join(f'{k}: {v}' for k, v in items.items())}}}\n"
         f"max_epochs: {epochs}\nnum_samples: {samples}\n"
-        "scheduler: {type: fifo}\ntraining: {patience: null}\n"
+        "scheduler: {type: fifo}\n"
+        # Every epoch reports and checkpoints: the tests count evaluations to tell a resume from a
+        # checkpoint from a restart at epoch 0.
+        "training: {patience: null, report_every_s: 0, checkpoint_every_s: 0}\n"
         "resources: {cpus_per_trial: 1, max_concurrent: 2}\n"
     )
     path = folder / "chaos.yaml"

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from sklearn.datasets import load_wine
 from torch import Tensor, nn
 
 from hypersweep.experiment import Data, Experiment, Output, Split
@@ -24,6 +23,8 @@ class WineMLP(Experiment):
     default_config: ClassVar[Mapping[str, Any]] = {"hidden": 32, "activation": "relu", "dropout": 0.0}
 
     def load_data(self, *, seed: int) -> Data:
+        from sklearn.datasets import load_wine  # seconds to import: only where the data loads
+
         x, y = load_wine(return_X_y=True)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         train, val, test = order[:106], order[106:142], order[142:]  # 60 / 20 / 20 %

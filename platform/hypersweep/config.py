@@ -72,6 +72,13 @@ class TrainingSpec(_Frozen):
     max_failures: Annotated[int, Field(ge=0)] = 2
     # Mixed precision: float16 autocast + gradient scaling on CUDA, bfloat16 autocast on the CPU.
     amp: bool = False
+    # A trial sends its epochs to the driver (live view, MLflow) at ASHA's rung epochs, at its end
+    # and otherwise at most this many seconds apart; 0: after every epoch. Each report is a round
+    # trip through Tune that costs more than a small model's epoch.
+    report_every_s: Annotated[float, Field(ge=0)] = 2.0
+    # Seconds between the checkpoints a retried trial resumes from (0: one with every report).
+    # ASHA's rung epochs and a trial's last epoch always get one, so weights stay exact.
+    checkpoint_every_s: Annotated[float, Field(ge=0)] = 10.0
 
 
 class SweepSpec(_Frozen):

@@ -1,14 +1,15 @@
 """The ``Experiment`` interface a user implements: data, model, loss, metrics. Plain PyTorch.
 
 An experiment knows nothing about Ray, Optuna or MLflow, so it can be unit-tested and trained
-alone. The platform calls it as follows, in one worker process:
+alone. The platform calls it as follows:
 
-* ``configure(fixed)`` once per process, first, with the sweep's ``fixed`` values (constants every
-  trial shares, e.g. a ``data_dir``); it may raise ``ValueError`` for a value it cannot use. The
-  platform also calls it before a sweep starts, so such a value is reported as bad input.
-* ``load_data(seed=...)`` once per process and seed (the platform caches the result, so trials
-  that reuse the process do not load it again). Everything returned is a tensor on the CPU; the
-  trainer moves it to the trial's device once.
+* ``configure(fixed)`` first, with the sweep's ``fixed`` values (constants every trial shares, e.g.
+  a ``data_dir``); it may raise ``ValueError`` for a value it cannot use, which is reported as bad
+  input before the sweep starts.
+* ``load_data(seed=...)`` once per sweep, by the driver, while Ray starts. Everything returned is
+  a tensor on the CPU; the platform ships it to the workers through Ray's object store and moves
+  it to each worker's device once, so workers never run the loader (import its heavy libraries
+  inside ``load_data``, not at module level, and workers start faster).
 * ``build_model(config, data)`` once per trial, after ``torch.manual_seed(seed)``. ``config`` holds
   the trial's sampled hyperparameters merged over ``default_config``; read what the model needs
   (``dropout``, ``activation``, sizes ...) and ignore the rest (``lr``, ``optimizer`` ... belong to

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hypersweep.errors import ConfigError, did_you_mean
-from hypersweep.experiment import Experiment
+from hypersweep.experiment import Data, Experiment
 from hypersweep.trainer import OPTIMIZERS
 
 if TYPE_CHECKING:  # workers import this module; keep pydantic and Optuna out of their start-up
@@ -75,6 +75,19 @@ def _check_configure(cls: type[Experiment], spec: SweepSpec) -> None:
         if not (sep and key in spec.fixed):
             key, message = "", str(exc)
         raise ConfigError(str(spec.source), f"fixed.{key}".rstrip("."), message) from None
+
+
+def load_sweep_data(spec: SweepSpec, roots: list[str]) -> Data:
+    """The sweep's data, loaded once (by the driver, which ships it to every worker). A loader
+    that fails is the sweep's input at fault (a missing file, a bad fixed value): ConfigError."""
+    cls = resolve_experiment(spec.experiment, roots, source=str(spec.source))
+    experiment = cls()
+    experiment.configure(dict(spec.fixed))
+    try:
+        return experiment.load_data(seed=spec.search.seed)
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(str(spec.source), "experiment", f"loading its data failed: {what}") from None
 
 
 def _check_optimizers(spec: SweepSpec) -> None:

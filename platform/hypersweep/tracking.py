@@ -16,18 +16,23 @@ recorder's state (runs to create, metrics to send, runs to end), which is saved 
 after each change; a flush sends what is outstanding and, when the server does not answer, keeps it
 and tries again later with bounded waits, so training never stalls on tracking. The same file
 carries the trial -> run map across a driver crash (``SweepRecorder.resume``).
+
+During a sweep a writer thread does the flushing: MLflow's requests (a SQLite commit each) never
+hold up Ray Tune's loop, which would otherwise leave a worker idle between two trials.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,10 @@ from hypersweep.errors import ConfigError
 
 # The CLI prints its own summary; MLflow would add a "View run" line per run on a tracking server.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# A new SQLite store logs its table creation at INFO: noise in the CLI's output (and in the
+# one line a bad-input error must be).
+for _name in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
@@ -58,7 +67,8 @@ _HEALTH_TIMEOUT_S = 5.0  # MLflow's own retries would take minutes to give up on
 _EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _MAX_PARAMS_PER_BATCH = 100
-_FLUSH_SECONDS = 2.0
+_FLUSH_SECONDS = 2.0  # between flushes from the tuning loop (no writer thread)
+_WRITER_SECONDS = 1.0  # between the writer thread's flushes
 # An unreachable server must cost seconds, not MLflow's default minutes (5 retries x 120 s).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -120,6 +130,22 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return str(mlflow.get_tracking_uri())
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client whose store is ready: a SQLite store makes or checks its tables on first use,
+    which takes seconds, so a sweep does this while Ray starts."""
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
+    return client
+
+
+def new_store_file(uri: str) -> Path | None:
+    """The file of a SQLite store that does not exist yet (``open_client`` would make it)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    return None if path.exists() else path
 
 
 def redact(text: str) -> str:
@@ -216,6 +242,36 @@ class SweepRecorder:
         self._last_flush = time.monotonic()
         self._retry_at = 0.0
         self._down = 0  # consecutive failed flushes
+        # The writer thread flushes; these locks let the tuning loop record meanwhile. ``_lock``
+        # guards the trials' state (held briefly, never across a request); ``_create_lock``
+        # makes sure a trial's run is created once when both threads want it.
+        self._lock = threading.RLock()
+        self._create_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._stop_writer = threading.Event()
+
+    # -- the writer thread -------------------------------------------------------------------
+    def start_writer(self) -> None:
+        """Flush from a thread every second until ``stop_writer``; the tuning loop never waits."""
+        self._stop_writer.clear()
+        self._writer = threading.Thread(target=self._write_loop, name="hypersweep-mlflow", daemon=True)
+        self._writer.start()
+
+    def stop_writer(self) -> None:
+        """Stop the writer after its current flush; what is outstanding stays for ``flush``."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._stop_writer.set()
+            writer.join()
+
+    def _write_loop(self) -> None:
+        while not self._stop_writer.wait(_WRITER_SECONDS):
+            self.flush(force=True)
+
+    def poll(self) -> None:
+        """The tuning loop's turn: without a writer thread, send what is due."""
+        if self._writer is None:
+            self.flush()
 
     # -- the sweep -------------------------------------------------------------------------
     def start_sweep(self, *, name: str, sweep_id: str, settings: Mapping[str, Any]) -> str:
@@ -393,25 +449,35 @@ class SweepRecorder:
             if not known.config:
                 known.config = dict(config)
             return
-        self._trials[trial_id] = _TrialRun(config=dict(config))
-        self.flush(force=True)  # create its run now (or as soon as the server answers)
+        with self._lock:
+            self._trials[trial_id] = _TrialRun(config=dict(config))
+        if self._writer is None:
+            self.flush(force=True)  # create its run now (or as soon as the server answers)
 
-    def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        run = self._trials[trial_id]
-        step = int(result["epoch"])
+    def trial_result(
+        self, trial_id: str, result: Mapping[str, Any], *, epochs: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """One report of a trial: ``epochs`` are the epochs it carries (default: ``result`` alone)."""
+        with self._lock:
+            run = self._trials[trial_id]
+            self._note_where(run, result)
+            stamp = _now_ms()
+            for epoch in epochs or [result]:
+                self._note_epoch(run, epoch, stamp)
+            self._save()
+        self.poll()
+
+    def _note_epoch(self, run: _TrialRun, epoch: Mapping[str, Any], stamp: int) -> None:
+        step = int(epoch["epoch"])
         if step <= run.last_step:
             return  # replayed after a rollback: already logged
         run.last_step = step
-        self._note_where(run, result)
-        stamp = _now_ms()
-        for key, value in result.items():
+        for key, value in epoch.items():
             if key not in _NOT_METRICS and _is_number(value):
                 run.pending.append(Metric(key, float(value), stamp, step))
-        value = result.get(self.metric)
-        if result.get("stop_reason") != "diverged" and isinstance(value, int | float):
+        value = epoch.get(self.metric)
+        if epoch.get("stop_reason") != "diverged" and isinstance(value, int | float):
             run.best = _better(run.best, float(value), self.mode)
-        self._save()
-        self.flush()
 
     def _note_where(self, run: _TrialRun, result: Mapping[str, Any]) -> None:
         """Tag the node and device a trial runs on, once (again only if a retry moves it)."""
@@ -422,23 +488,25 @@ class SweepRecorder:
                 run.pending_tags.append(RunTag(tag, value))
 
     def trial_finished(self, trial_id: str, *, status: str, stop_reason: str, error: str = "") -> None:
-        run = self._trials[trial_id]
-        if run.run_status:
-            return  # already accounted for
-        if status in ("diverged", "failed"):
-            run.best = math.nan  # never the best trial
-        run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
-        if error:
-            run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
-        run.run_status = RunStatus.to_string(RunStatus.FAILED if status == "failed" else RunStatus.FINISHED)
-        self._save()
-        self.flush(force=True)
+        with self._lock:
+            run = self._trials[trial_id]
+            if run.run_status:
+                return  # already accounted for
+            if status in ("diverged", "failed"):
+                run.best = math.nan  # never the best trial
+            run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
+            if error:
+                run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
+            ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
+            run.run_status = RunStatus.to_string(ended)
+            self._save()
+        if self._writer is None:
+            self.flush(force=True)
 
     def log_trial_artifacts(self, trial_id: str, directory: Path) -> None:
         run = self._trials[trial_id]
-        if not run.run_id:
-            return
         try:
+            self._ensure_run(trial_id, run)  # the writer may not have made it yet
             self.client.log_artifacts(run.run_id, str(directory))
         except _TRACKING_ERRORS as exc:
             self._went_down(exc)
@@ -452,14 +520,17 @@ class SweepRecorder:
         if now < self._retry_at:
             return
         self._last_flush = now
+        with self._lock:
+            trials = list(self._trials.items())
         try:
-            for trial_id, run in self._trials.items():
+            for trial_id, run in trials:
                 self._sync(trial_id, run)
         except _TRACKING_ERRORS as exc:
             self._went_down(exc)
         else:
             self._down, self._retry_at = 0, 0.0
-        self._save()
+        with self._lock:
+            self._save()
 
     def _went_down(self, exc: BaseException) -> None:
         self.failed_flushes += 1
@@ -468,8 +539,42 @@ class SweepRecorder:
         self._down += 1
 
     def _sync(self, trial_id: str, run: _TrialRun) -> None:
-        """Bring one trial's run in MLflow up to date; each step is kept until MLflow confirms it."""
-        if not run.run_id:
+        """Bring one trial's run in MLflow up to date: at best one ``log_batch`` (params, tags and
+        metrics together) and its end. Each write is kept until MLflow confirms it, and taken out
+        of the state under the lock only for as long as its request is in flight."""
+        if run.ended or not (run.pending or run.pending_tags or run.run_status or not run.params_sent):
+            return
+        self._ensure_run(trial_id, run)
+        if run.reopen and not run.run_status:
+            self.client.update_run(run.run_id, status="RUNNING")
+            run.reopen = False
+        params = [] if run.params_sent else [Param(k, _param_text(v)) for k, v in sorted(run.config.items())]
+        if len(params) > _MAX_PARAMS_PER_BATCH:
+            self._log_params(run.run_id, params)
+            params = []
+        while True:
+            with self._lock:
+                ending = bool(run.run_status) and len(run.pending) <= _MAX_METRICS_PER_BATCH
+                final = [RunTag(k, v) for k, v in run.final_tags.items()] if ending else []
+                tags = run.pending_tags + final
+                metrics = run.pending[:_MAX_METRICS_PER_BATCH]
+            if tags or metrics or params:
+                self.client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+            run.params_sent, params = True, []
+            with self._lock:
+                del run.pending[: len(metrics)]
+                del run.pending_tags[: len(tags) - len(final)]
+            if not run.pending:
+                break
+        if ending:
+            self.client.set_terminated(run.run_id, status=run.run_status)
+            run.ended = True
+
+    def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
+        """Create the trial's run unless it exists; the trial -> run map is saved at once."""
+        with self._create_lock:
+            if run.run_id:
+                return
             created = self.client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
@@ -481,26 +586,9 @@ class SweepRecorder:
                     STATUS: "running",
                 },
             )
-            run.run_id = created.info.run_id
-            self._save()  # the trial -> run map must outlive this process before anything else
-        if not run.params_sent:
-            self._log_params(run.run_id, [Param(k, _param_text(v)) for k, v in sorted(run.config.items())])
-            run.params_sent = True
-        if run.pending_tags:
-            self.client.log_batch(run.run_id, tags=run.pending_tags)
-            run.pending_tags = []
-        if run.reopen and not run.run_status:
-            self.client.update_run(run.run_id, status="RUNNING")
-            run.reopen = False
-        while run.pending:
-            batch = run.pending[:_MAX_METRICS_PER_BATCH]
-            self.client.log_batch(run.run_id, metrics=batch)
-            run.pending = run.pending[len(batch) :]
-        if run.run_status and not run.ended:
-            tags = [RunTag(k, v) for k, v in run.final_tags.items()]
-            self.client.log_batch(run.run_id, tags=tags)
-            self.client.set_terminated(run.run_id, status=run.run_status)
-            run.ended = True
+            with self._lock:
+                run.run_id = created.info.run_id
+                self._save()  # the trial -> run map must outlive this process before anything else
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from hypersweep.trainer import TrainerState, TrainSettings, fit
 
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
+HISTORY = "history"  # in a Tune result: every epoch since the previous report, oldest first
 _log = logging.getLogger(__name__)
 
 
@@ -41,9 +43,15 @@ class TrialJob:
     metric: str
     mode: str
     fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
+    data: Any = None  # ObjectRef of the sweep's Data on the CPU: loaded once, by the driver
+    # Epochs at which the scheduler decides (ASHA's rungs): always reported, with a checkpoint.
+    decision_epochs: frozenset[int] = frozenset()
+    report_every_s: float = 0.0  # other epochs wait in the worker up to this long (0: every epoch)
+    checkpoint_every_s: float = 0.0  # at most this long between checkpoints (0: every report)
 
 
-_DATA_CACHE: dict[tuple[str, int, str, str], tuple[Experiment, Data]] = {}
+# Per worker process (trials reuse it): the experiment and its data on each device used.
+_DATA_CACHE: dict[tuple[str, str], tuple[Experiment, Data]] = {}
 
 
 def trainable(config: dict[str, Any], job: TrialJob) -> None:
@@ -52,13 +60,7 @@ def trainable(config: dict[str, Any], job: TrialJob) -> None:
     experiment, data = _experiment_and_data(job, device)
     # Where the trial ran, on every result: the driver records it as tags of the trial's run.
     where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
-    fit(
-        experiment,
-        data,
-        config,
-        replace(job.settings, device=str(device)),
-        _TuneReporter(job.metric, job.mode, where),
-    )
+    fit(experiment, data, config, replace(job.settings, device=str(device)), _TuneReporter(job, where))
 
 
 def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
@@ -78,22 +80,33 @@ def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str
 
 
 def _experiment_and_data(job: TrialJob, device: torch.device) -> tuple[Experiment, Data]:
-    """Load each dataset once per worker process (trials reuse the process) and device."""
-    key = (job.experiment, job.settings.seed, str(device), repr(job.fixed))
+    """The experiment and the driver's data (from the object store, so no worker imports the
+    data's loaders or reads its files), fetched and moved to ``device`` once per process."""
+    key = (job.data.hex(), str(device))
     if key not in _DATA_CACHE:
         cls = resolve_experiment(job.experiment, list(job.roots))
         experiment = cls()
         experiment.configure(dict(job.fixed))
-        _DATA_CACHE[key] = (experiment, experiment.load_data(seed=job.settings.seed).to(device))
+        _DATA_CACHE[key] = (experiment, ray.get(job.data).to(device))
     return _DATA_CACHE[key]
 
 
 class _TuneReporter:
-    """Reports epochs to Tune with a checkpoint (trainer.pt: full state, model.pt: best weights)."""
+    """Sends a trial's epochs to Tune in batches, some of them with a checkpoint.
 
-    def __init__(self, metric: str, mode: str, where: Mapping[str, str] | None = None) -> None:
-        self.metric, self.mode = metric, mode
+    Every report is a round trip through Tune's driver, and every checkpoint a save and a copy to
+    storage: per epoch, both cost more than a small model's epoch. So epochs wait in the worker
+    and go together (under ``HISTORY``) at the scheduler's decision epochs, at the trial's end, and
+    otherwise at most ``report_every_s`` apart. A checkpoint (trainer.pt: the full state,
+    model.pt: the best weights so far) goes with the decision and final reports, and with others
+    at most ``checkpoint_every_s`` apart: the trial a retry resumes or ASHA stops has exact weights.
+    """
+
+    def __init__(self, job: TrialJob, where: Mapping[str, str] | None = None) -> None:
+        self.job = job
         self.where = dict(where or {})
+        self._pending: list[dict[str, Any]] = []
+        self._last_report = self._last_checkpoint = time.monotonic()
 
     def restore(self) -> TrainerState | None:
         checkpoint = tune.get_checkpoint()
@@ -109,11 +122,17 @@ class _TuneReporter:
         state: Callable[[], TrainerState],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        result = {**metrics, **self.where}
-        value = result.get(self.metric)
-        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
-            # The searcher and ASHA must see a diverged trial as the worst possible outcome.
-            result[self.metric] = math.inf if self.mode == "min" else -math.inf
+        self._pending.append(self._scored(metrics))
+        now = time.monotonic()
+        decisive = "stop_reason" in metrics or metrics["epoch"] in self.job.decision_epochs
+        if not decisive and now - self._last_report < self.job.report_every_s:
+            return
+        result = {**self._pending[-1], **self.where, HISTORY: self._pending}
+        self._pending, self._last_report = [], now
+        if not decisive and now - self._last_checkpoint < self.job.checkpoint_every_s:
+            tune.report(result)
+            return
+        self._last_checkpoint = now
         snapshot = state()
         with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
             torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
@@ -123,3 +142,10 @@ class _TuneReporter:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    def _scored(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The searcher and ASHA must see a diverged trial as the worst possible outcome."""
+        value = metrics.get(self.job.metric)
+        if metrics.get("stop_reason") == "diverged" or not isinstance(value, int | float):
+            return {**metrics, self.job.metric: math.inf if self.job.mode == "min" else -math.inf}
+        return dict(metrics)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -26,17 +29,19 @@ from hypersweep import cluster
 from hypersweep.config import SweepSpec, build_spec
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
-from hypersweep.registry import import_roots, resolve_experiment
+from hypersweep.registry import import_roots, load_sweep_data, resolve_experiment
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
     check_tracking_uri,
+    new_store_file,
+    open_client,
     redact,
     redact_settings,
     resolve_tracking_uri,
 )
 from hypersweep.trainer import TrainSettings
-from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, TrialJob, trainable
+from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -90,25 +95,19 @@ def run_sweep(
     progress: Progress | None = None,
     tracking_client: Any = None,
 ) -> SweepOutcome:
-    """Preflight (experiment, tracking server, cluster, resources, storage), then the sweep.
+    """Preflight (experiment, tracking server, cluster, resources, storage, data), then the sweep.
 
     Every check that can fail on bad input runs before the MLflow parent run is created.
     ``tracking_client`` replaces MlflowClient (benchmarks measure without tracking).
     """
-    source = str(spec.source)
     roots = import_roots(spec.source)
-    resolve_experiment(spec.experiment, roots, source=source)
-    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=source)
-    top_module = spec.experiment.partition(":")[0].split(".")[0]
-    info = cluster.connect(address=address, import_roots=roots, modules=[top_module])
-    try:
-        cluster.check_resources(spec.resources, info, source=source)
-        cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
-        sweep = _Sweep.new(spec, roots, cluster.concurrency(spec.resources, info), address)
-        sweep.tracking_client = tracking_client
+    resolve_experiment(spec.experiment, roots, source=str(spec.source))
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    check_tracking_uri(uri, source=str(spec.source))
+    with _started(spec, roots, address, uri, tracking_client) as ready:
+        sweep = _Sweep.new(spec, roots, ready.concurrent, address)
+        sweep.tracking_client, sweep.data = ready.client, ready.data
         return sweep.run(progress)
-    finally:
-        cluster.shutdown()
 
 
 def resume_sweep(
@@ -127,16 +126,63 @@ def resume_sweep(
     if "***" in uri:
         raise ConfigError(str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri")
     roots = list(manifest["roots"])
-    top_module = spec.experiment.partition(":")[0].split(".")[0]
-    info = cluster.connect(
-        address=address or manifest.get("address"), import_roots=roots, modules=[top_module]
-    )
+    uri = resolve_tracking_uri(uri)
+    with _started(spec, roots, address or manifest.get("address"), uri, None) as ready:
+        sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder)
+        sweep.tracking_client, sweep.data = ready.client, ready.data
+        return sweep.resume(uri, progress)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    concurrent: int  # trials at once
+    data: Any  # ObjectRef of the sweep's data
+    client: Any  # the tracking client, its store open
+
+
+@contextlib.contextmanager
+def _started(
+    spec: SweepSpec, roots: list[str], address: str | None, uri: str, client: Any
+) -> Iterator[_Ready]:
+    """Ray started (or joined) and checked, the data in its object store, the tracking store open.
+
+    Ray takes seconds to start; the data loads and the MLflow store opens meanwhile, in threads
+    (a new SQLite store takes seconds to make its tables). If a check fails, a store made here
+    is removed again: bad input leaves nothing behind.
+    """
+    if address is not None:
+        cluster.check_address(address)  # an unreachable cluster fails before anything is made
+    made = new_store_file(uri) if client is None else None
     try:
-        concurrent = cluster.concurrency(spec.resources, info)
-        sweep = _Sweep(spec, roots, concurrent, str(manifest["sweep_id"]), folder)
-        return sweep.resume(resolve_tracking_uri(uri), progress)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hypersweep-start") as pool:
+            data = pool.submit(load_sweep_data, spec, roots)
+            store = pool.submit(open_client, uri) if client is None else None
+            info = cluster.connect(address=address, import_roots=roots, modules=[_top_module(spec)])
+        try:
+            source = str(spec.source)
+            cluster.check_resources(spec.resources, info, source=source)
+            cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
+            ready = _Ready(
+                cluster.concurrency(spec.resources, info),
+                ray.put(data.result()),
+                store.result() if store is not None else client,
+            )
+        except BaseException:
+            cluster.shutdown()
+            raise
+    except BaseException:
+        if made is not None:
+            made.unlink(missing_ok=True)
+        raise
+    try:
+        yield ready
     finally:
         cluster.shutdown()
+
+
+def _top_module(spec: SweepSpec) -> str:
+    """The experiment's top-level package or module: what a cluster's workers are sent."""
+    return spec.experiment.partition(":")[0].split(".")[0]
 
 
 def spec_of(manifest: Mapping[str, Any]) -> SweepSpec:
@@ -183,6 +229,7 @@ class _Sweep:
         self.spec, self.roots, self.concurrent = spec, roots, concurrent
         self.sweep_id, self.folder, self.address = sweep_id, folder, address
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
+        self.data: Any = None  # ObjectRef of the sweep's data, for every trial
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
@@ -216,6 +263,7 @@ class _Sweep:
         tuner = build_tuner(
             self.spec,
             roots=self.roots,
+            data=self.data,
             sweep_id=self.sweep_id,
             concurrent=self.concurrent,
             callbacks=[_TrackingCallback(self.sweep_id)],
@@ -227,7 +275,8 @@ class _Sweep:
         recorder.resume()
         if progress is not None:
             progress.finished.update(recorder.statuses())
-        tuner = tune.Tuner.restore(str(self.folder), trainable=_trainable_of(self.spec, self.roots))
+        trainable = _trainable_of(self.spec, self.roots, self.data)
+        tuner = tune.Tuner.restore(str(self.folder), trainable=trainable)
         return self._fit(tuner, recorder, recorder.parent_run_id, progress)
 
     def _write_manifest(self, tracking_uri: str) -> None:
@@ -254,11 +303,14 @@ class _Sweep:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
+        recorder.start_writer()
         try:
             results = tuner.fit()
+            recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
             _settle(recorder, results)
             interrupted = sum(recorder.statuses().values()) < self.spec.num_samples
         finally:
+            recorder.stop_writer()
             _LIVE.pop(self.sweep_id, None)
             best = recorder.best_trial() if not interrupted else None
             if interrupted:
@@ -311,12 +363,13 @@ def build_tuner(
     spec: SweepSpec,
     *,
     roots: list[str],
+    data: Any,
     sweep_id: str,
     concurrent: int,
     callbacks: list[tune.Callback],
 ) -> tune.Tuner:
     return tune.Tuner(
-        _trainable_of(spec, roots),
+        _trainable_of(spec, roots, data),
         param_space=dict(spec.fixed),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -341,7 +394,7 @@ def build_tuner(
     )
 
 
-def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
+def _trainable_of(spec: SweepSpec, roots: list[str], data: Any) -> Any:
     job = TrialJob(
         experiment=spec.experiment,
         roots=tuple(roots),
@@ -360,10 +413,25 @@ def _trainable_of(spec: SweepSpec, roots: list[str]) -> Any:
         metric=spec.metric,
         mode=spec.mode,
         fixed=tuple(sorted(spec.fixed.items())),
+        data=data,
+        decision_epochs=decision_epochs(spec),
+        report_every_s=spec.training.report_every_s,
+        checkpoint_every_s=spec.training.checkpoint_every_s,
     )
     return tune.with_resources(
         tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)
     )
+
+
+def decision_epochs(spec: SweepSpec) -> frozenset[int]:
+    """The epochs at which ASHA compares a trial with its rung (Ray's AsyncHyperBand, one
+    bracket: grace_period x reduction_factor^k up to max_t); it decides at the first result at or
+    past each, so a trial reports exactly there. FIFO decides nothing."""
+    if spec.scheduler.type == "fifo":
+        return frozenset()
+    grace, factor = spec.scheduler.grace_period, spec.scheduler.reduction_factor
+    rungs = int(math.log(spec.max_epochs / grace) / math.log(factor) + 1)  # as Ray counts them
+    return frozenset(min(spec.max_epochs, math.ceil(grace * factor**k)) for k in range(rungs))
 
 
 def _searcher(spec: SweepSpec) -> OptunaSearch:
@@ -409,7 +477,7 @@ class _TrackingCallback(tune.Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         recorder, progress = self._live()
-        recorder.trial_result(trial.trial_id, result)
+        recorder.trial_result(trial.trial_id, result, epochs=result.get(HISTORY) or ())
         if progress:
             progress.trial_result(trial.trial_id, result)
 
@@ -434,7 +502,7 @@ class _TrackingCallback(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         recorder, _ = self._live()
-        recorder.flush()
+        recorder.poll()
 
     def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
         recorder, progress = self._live()

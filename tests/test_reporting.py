@@ -1,0 +1,217 @@
+"""How a trial's epochs reach the driver: batched reports at the scheduler's decision epochs, at the
+end and at most ``report_every_s`` apart, with checkpoints where a retry or ASHA needs them; and the
+driver's recorder, which logs every epoch of a batch once, from a writer thread."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ray.tune.schedulers import ASHAScheduler
+
+from hypersweep import trial
+from hypersweep.config import build_spec
+from hypersweep.tracking import SweepRecorder
+from hypersweep.trainer import TrainerState, TrainSettings
+from hypersweep.tuning import decision_epochs
+from tests.mlflow_store import read_sweep
+
+
+def _spec(**overrides: Any) -> Any:
+    space = {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}
+    data = {"name": "r", "experiment": "tests.toy:ToyRegression", "search_space": space}
+    return build_spec({**data, **overrides}, Path("r.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("grace", "factor", "max_epochs"),
+    [(1, 3.0, 20), (2, 3.0, 20), (1, 2.0, 6), (1, 4.0, 100), (3, 2.5, 50), (5, 3.0, 5)],
+)
+def test_decision_epochs_are_ashas_rungs(grace: int, factor: float, max_epochs: int) -> None:
+    spec = _spec(
+        max_epochs=max_epochs,
+        scheduler={"type": "asha", "grace_period": grace, "reduction_factor": factor},
+    )
+    asha = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor)
+    rungs = {math.ceil(milestone) for milestone, _ in asha._brackets[0]._rungs}  # Ray's own
+    assert decision_epochs(spec) == frozenset(min(max_epochs, r) for r in rungs)
+
+
+def test_fifo_decides_nothing() -> None:
+    assert decision_epochs(_spec(scheduler={"type": "fifo"})) == frozenset()
+
+
+class _Tune:
+    """Stands in for ``ray.tune`` inside a worker: keeps every report and its checkpoint's files."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[dict[str, Any], list[str]]] = []
+
+    def report(self, result: dict[str, Any], checkpoint: Any = None) -> None:
+        files = sorted(p.name for p in Path(checkpoint.path).rglob("*") if p.is_file()) if checkpoint else []
+        self.reports.append((result, files))
+
+    Checkpoint = trial.tune.Checkpoint
+
+    def get_checkpoint(self) -> None:
+        return None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def tune_and_clock(monkeypatch: pytest.MonkeyPatch) -> tuple[_Tune, _Clock]:
+    fake, clock = _Tune(), _Clock()
+    monkeypatch.setattr(trial, "tune", fake)
+    monkeypatch.setattr(trial.time, "monotonic", clock)
+    return fake, clock
+
+
+def _job(**overrides: Any) -> trial.TrialJob:
+    base: dict[str, Any] = dict(
+        experiment="tests.toy:ToyRegression",
+        roots=(),
+        settings=TrainSettings(max_epochs=6),
+        threads=1,
+        gpus=0.0,
+        allow_cpu_fallback=False,
+        metric="val_loss",
+        mode="min",
+        report_every_s=2.0,
+        checkpoint_every_s=10.0,
+    )
+    return trial.TrialJob(**{**base, **overrides})
+
+
+def _state() -> TrainerState:
+    weights = {"w": torch.zeros(2)}
+    return TrainerState(epoch=1, model=weights, best_model=weights)
+
+
+def _epochs(reporter: trial._TuneReporter, clock: _Clock, count: int, seconds: float, last: str = "") -> None:
+    """``count`` epochs of ``seconds`` each; the last one ends the trial with ``last`` if given."""
+    for epoch in range(1, count + 1):
+        clock.now += seconds
+        metrics: dict[str, Any] = {"epoch": epoch, "val_loss": 1.0 / epoch, "train_loss": 1.0}
+        if last and epoch == count:
+            metrics["stop_reason"] = last
+        reporter.report(metrics, _state, {"plot.png": b"x"} if last and epoch == count else None)
+
+
+def _history(result: dict[str, Any]) -> list[int]:
+    return [e["epoch"] for e in result[trial.HISTORY]]
+
+
+def test_short_epochs_wait_for_decisions_and_the_end(tune_and_clock) -> None:
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(decision_epochs=frozenset({2, 4})), {"device": "cpu"})
+    _epochs(reporter, clock, 6, seconds=0.1, last="completed")
+    assert [_history(r) for r, _ in fake.reports] == [[1, 2], [3, 4], [5, 6]]
+    assert [r["epoch"] for r, _ in fake.reports] == [2, 4, 6]  # the result itself is the last epoch
+    assert all(r["device"] == "cpu" for r, _ in fake.reports)
+    # ASHA may stop the trial at a decision epoch: its weights there must be in a checkpoint.
+    assert [files for _, files in fake.reports] == [
+        ["model.pt", "trainer.pt"],
+        ["model.pt", "trainer.pt"],
+        ["model.pt", "plot.png", "trainer.pt"],
+    ]
+
+
+def test_reports_come_at_most_report_every_s_apart(tune_and_clock) -> None:
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(settings=TrainSettings(max_epochs=20)))
+    _epochs(reporter, clock, 10, seconds=0.9)  # 2 s between reports: every third epoch
+    assert [_history(r) for r, _ in fake.reports] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert all(files == [] for _, files in fake.reports)  # 8.1 s < checkpoint_every_s
+
+
+def test_checkpoints_come_at_most_checkpoint_every_s_apart(tune_and_clock) -> None:
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(report_every_s=0.0, checkpoint_every_s=3.0))
+    _epochs(reporter, clock, 6, seconds=1.0)
+    assert [_history(r) for r, _ in fake.reports] == [[1], [2], [3], [4], [5], [6]]
+    assert [bool(files) for _, files in fake.reports] == [False, False, True, False, False, True]
+
+
+def test_zero_intervals_report_and_checkpoint_every_epoch(tune_and_clock) -> None:
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(report_every_s=0.0, checkpoint_every_s=0.0))
+    _epochs(reporter, clock, 3, seconds=0.01)
+    reports = [(_history(r), bool(files)) for r, files in fake.reports]
+    assert reports == [([1], True), ([2], True), ([3], True)]
+
+
+@pytest.mark.parametrize(("mode", "worst"), [("min", math.inf), ("max", -math.inf)])
+def test_a_diverged_epoch_scores_worst(tune_and_clock, mode: str, worst: float) -> None:
+    fake, _ = tune_and_clock
+    reporter = trial._TuneReporter(_job(mode=mode))
+    reporter.report({"epoch": 1, "val_loss": math.nan, "stop_reason": "diverged"}, _state)
+    result, _ = fake.reports[0]
+    assert result["val_loss"] == worst and result[trial.HISTORY][0]["val_loss"] == worst
+
+
+def test_the_recorder_logs_each_epoch_of_a_batch_once(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/x.db"
+    recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", state_file=tmp_path / "s.json")
+    recorder.start_sweep(name="batches", sweep_id="b-1", settings={})
+    recorder.start_writer()
+    recorder.trial_started("t1", {"lr": 0.1})
+    first = [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)]
+    recorder.trial_result("t1", {**first[-1], "device": "cpu"}, epochs=first)
+    # A retry from the epoch-2 checkpoint replays epoch 3 with the next batch.
+    replay = [{"epoch": e, "val_loss": 0.5 / e} for e in (3, 4)]
+    recorder.trial_result("t1", replay[-1], epochs=replay)
+    recorder.trial_finished("t1", status="completed", stop_reason="completed")
+    recorder.stop_writer()
+    assert recorder.finish_sweep(best_weights=None, failed=False) is not None
+    stored = read_sweep(uri, "batches")
+    (child,) = stored.children
+    assert stored.history(child) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.125)]
+    assert stored.tag(child, "device") == "cpu" and child.info.status == "FINISHED"
+    assert child.data.params == {"lr": "0.1"}
+    assert recorder.unsent == 0
+
+
+def test_the_tuning_loop_never_waits_for_a_slow_store(tmp_path: Path) -> None:
+    """While the writer thread is inside a request, recording goes on."""
+    gate, inside = threading.Event(), threading.Event()
+
+    class SlowClient:
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def create_run(self, *args: Any, **kwargs: Any) -> Any:
+            inside.set()
+            gate.wait(10)
+            return type("R", (), {"info": type("I", (), {"run_id": "run-1"})()})()
+
+        def log_batch(self, *args: Any, **kwargs: Any) -> None:
+            self.batches += 1
+
+        def set_terminated(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    client = SlowClient()
+    recorder = SweepRecorder(tracking_uri="sqlite:///unused.db", metric="val_loss", mode="min", client=client)
+    recorder.start_writer()
+    try:
+        recorder.trial_started("t1", {"lr": 0.1})
+        assert inside.wait(10)  # the writer is stuck creating the run
+        for epoch in range(1, 50):
+            recorder.trial_result("t1", {"epoch": epoch, "val_loss": 1.0})
+        recorder.trial_finished("t1", status="completed", stop_reason="completed")
+    finally:
+        gate.set()
+        recorder.stop_writer()
+    recorder.flush(force=True)
+    assert recorder.unsent == 0 and client.batches >= 1
