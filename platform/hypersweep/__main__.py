@@ -2,4 +2,5 @@
 
 from hypersweep.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned child process (the MLflow writer) imports this module too
+    main()

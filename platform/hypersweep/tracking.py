@@ -239,6 +239,7 @@ class SweepRecorder:
         self.failed_flushes = 0  # flushes the server did not answer (an outage's length)
         self.last_error = ""
         self._trials: dict[str, _TrialRun] = {}
+        self._ended_json: dict[str, str] = {}  # saved state of ended trials (see _trial_json)
         self._last_flush = time.monotonic()
         self._retry_at = 0.0
         self._down = 0  # consecutive failed flushes
@@ -248,11 +249,14 @@ class SweepRecorder:
         self._lock = threading.RLock()
         self._create_lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        self._writes: Any = self.client  # what flushes send through (see start_writer)
         self._stop_writer = threading.Event()
 
     # -- the writer thread -------------------------------------------------------------------
-    def start_writer(self) -> None:
-        """Flush from a thread every second until ``stop_writer``; the tuning loop never waits."""
+    def start_writer(self, client: Any = None) -> None:
+        """Flush from a thread every second until ``stop_writer``; the tuning loop never waits.
+        ``client`` (a ``tracking_process.ProcessClient``) makes the flushes' requests elsewhere."""
+        self._writes = client if client is not None else self.client
         self._stop_writer.clear()
         self._writer = threading.Thread(target=self._write_loop, name="hypersweep-mlflow", daemon=True)
         self._writer.start()
@@ -263,6 +267,7 @@ class SweepRecorder:
         if writer is not None:
             self._stop_writer.set()
             writer.join()
+        self._writes = self.client
 
     def _write_loop(self) -> None:
         while not self._stop_writer.wait(_WRITER_SECONDS):
@@ -390,6 +395,19 @@ class SweepRecorder:
         run = self._trials[tid]
         return BestTrial(tid, run.run_id, run.best, run.config)
 
+    def finished_results(self) -> dict[str, dict[str, Any]]:
+        """Finished trials -> a final result as Tune wants one (last epoch, best value, reason)."""
+        worst = math.inf if self.mode == "min" else -math.inf
+        return {
+            tid: {
+                "epoch": run.last_step,
+                self.metric: run.best if math.isfinite(run.best) else worst,
+                "stop_reason": run.final_tags.get(STOP_REASON, ""),
+            }
+            for tid, run in self._trials.items()
+            if run.run_status
+        }
+
     def statuses(self) -> dict[str, int]:
         """Finished trials by status (each trial counted once, across resumes)."""
         out: dict[str, int] = {}
@@ -426,6 +444,7 @@ class SweepRecorder:
         lost = [tid for tid in self._trials if tid not in known]
         for tid in lost:
             run = self._trials.pop(tid)
+            self._ended_json.pop(tid, None)
             if run.run_id:
                 try:
                     self.client.delete_run(run.run_id)
@@ -546,7 +565,7 @@ class SweepRecorder:
             return
         self._ensure_run(trial_id, run)
         if run.reopen and not run.run_status:
-            self.client.update_run(run.run_id, status="RUNNING")
+            self._writes.update_run(run.run_id, status="RUNNING")
             run.reopen = False
         params = [] if run.params_sent else [Param(k, _param_text(v)) for k, v in sorted(run.config.items())]
         if len(params) > _MAX_PARAMS_PER_BATCH:
@@ -559,7 +578,7 @@ class SweepRecorder:
                 tags = run.pending_tags + final
                 metrics = run.pending[:_MAX_METRICS_PER_BATCH]
             if tags or metrics or params:
-                self.client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+                self._writes.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
             run.params_sent, params = True, []
             with self._lock:
                 del run.pending[: len(metrics)]
@@ -567,7 +586,7 @@ class SweepRecorder:
             if not run.pending:
                 break
         if ending:
-            self.client.set_terminated(run.run_id, status=run.run_status)
+            self._writes.set_terminated(run.run_id, status=run.run_status)
             run.ended = True
 
     def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
@@ -575,7 +594,7 @@ class SweepRecorder:
         with self._create_lock:
             if run.run_id:
                 return
-            created = self.client.create_run(
+            created = self._writes.create_run(
                 self.experiment_id,
                 run_name=trial_id,
                 tags={
@@ -592,20 +611,28 @@ class SweepRecorder:
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+            self._writes.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
 
     def _save(self) -> None:
         """Write the state (atomically: a crash leaves the old file or the new one, never half)."""
         if self.state_file is None:
             return
-        state = {
-            "parent_run_id": self.parent_run_id,
-            "experiment_id": self.experiment_id,
-            "trials": {tid: run.to_json() for tid, run in self._trials.items()},
-        }
+        trials = ",".join(f"{json.dumps(t)}:{self._trial_json(t, run)}" for t, run in self._trials.items())
+        head = json.dumps({"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id})
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
+        tmp.write_text(f'{head[:-1]}, "trials": {{{trials}}}}}', encoding="utf-8")
         os.replace(tmp, self.state_file)
+
+    def _trial_json(self, trial_id: str, run: _TrialRun) -> str:
+        """A trial's saved state; an ended trial's never changes again, so its text is kept (the
+        state is saved after every result: re-encoding a thousand finished trials each time would
+        make a sweep's cost grow with its length)."""
+        text = self._ended_json.get(trial_id)
+        if text is None:
+            text = json.dumps(run.to_json())
+            if run.ended:
+                self._ended_json[trial_id] = text
+        return text
 
 
 def _better(best: float, value: float, mode: str) -> float:

@@ -12,7 +12,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class TrialJob:
     decision_epochs: frozenset[int] = frozenset()
     report_every_s: float = 0.0  # other epochs wait in the worker up to this long (0: every epoch)
     checkpoint_every_s: float = 0.0  # at most this long between checkpoints (0: every report)
+    # On resume: trials the driver's records show finished -> their final result (see trainable).
+    finished: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 # Per worker process (trials reuse it): the experiment and its data on each device used.
@@ -55,6 +57,12 @@ _DATA_CACHE: dict[tuple[str, str], tuple[Experiment, Data]] = {}
 
 
 def trainable(config: dict[str, Any], job: TrialJob) -> None:
+    done = job.finished.get(tune.get_context().get_trial_id())
+    if done is not None:
+        # It finished before the driver crashed, after Tune's last snapshot of the sweep (taken
+        # every few checkpoints, not on every one): restored, it must not train again.
+        tune.report(dict(done))
+        return
     torch.set_num_threads(job.threads)
     device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
     experiment, data = _experiment_and_data(job, device)

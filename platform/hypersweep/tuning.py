@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from hypersweep.tracking import (
     redact_settings,
     resolve_tracking_uri,
 )
+from hypersweep.tracking_process import ProcessClient
 from hypersweep.trainer import TrainSettings
 from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
 
@@ -106,7 +107,7 @@ def run_sweep(
     check_tracking_uri(uri, source=str(spec.source))
     with _started(spec, roots, address, uri, tracking_client) as ready:
         sweep = _Sweep.new(spec, roots, ready.concurrent, address)
-        sweep.tracking_client, sweep.data = ready.client, ready.data
+        sweep.tracking_client, sweep.data, sweep.writer = ready.client, ready.data, ready.writer
         return sweep.run(progress)
 
 
@@ -129,7 +130,7 @@ def resume_sweep(
     uri = resolve_tracking_uri(uri)
     with _started(spec, roots, address or manifest.get("address"), uri, None) as ready:
         sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder)
-        sweep.tracking_client, sweep.data = ready.client, ready.data
+        sweep.tracking_client, sweep.data, sweep.writer = ready.client, ready.data, ready.writer
         return sweep.resume(uri, progress)
 
 
@@ -138,6 +139,7 @@ class _Ready:
     concurrent: int  # trials at once
     data: Any  # ObjectRef of the sweep's data
     client: Any  # the tracking client, its store open
+    writer: ProcessClient | None  # the same store from a child process, for the trials' runs
 
 
 @contextlib.contextmanager
@@ -147,37 +149,47 @@ def _started(
     """Ray started (or joined) and checked, the data in its object store, the tracking store open.
 
     Ray takes seconds to start; the data loads and the MLflow store opens meanwhile, in threads
-    (a new SQLite store takes seconds to make its tables). If a check fails, a store made here
-    is removed again: bad input leaves nothing behind.
+    (a new SQLite store takes seconds to make its tables), and so does the process that will
+    send the trials' runs (``tracking_process``). If a check fails, a store made here is removed
+    again: bad input leaves nothing behind.
     """
     if address is not None:
         cluster.check_address(address)  # an unreachable cluster fails before anything is made
     made = new_store_file(uri) if client is None else None
+    store: Future[tuple[Any, ProcessClient]] | None = None
+    writer: ProcessClient | None = None
     try:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
-            store = pool.submit(open_client, uri) if client is None else None
+            store = pool.submit(_open_tracking, uri) if client is None else None
             info = cluster.connect(address=address, import_roots=roots, modules=[_top_module(spec)])
         try:
             source = str(spec.source)
             cluster.check_resources(spec.resources, info, source=source)
             cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
-            ready = _Ready(
-                cluster.concurrency(spec.resources, info),
-                ray.put(data.result()),
-                store.result() if store is not None else client,
-            )
+            if store is not None:
+                client, writer = store.result()
+            ready = _Ready(cluster.concurrency(spec.resources, info), ray.put(data.result()), client, writer)
         except BaseException:
             cluster.shutdown()
             raise
     except BaseException:
+        if store is not None and store.done() and store.exception() is None:
+            store.result()[1].close()
         if made is not None:
             made.unlink(missing_ok=True)
         raise
     try:
         yield ready
     finally:
+        if writer is not None:
+            writer.close()
         cluster.shutdown()
+
+
+def _open_tracking(uri: str) -> tuple[Any, ProcessClient]:
+    """The driver's client, its store open (made if new), then the writer process's."""
+    return open_client(uri), ProcessClient(uri)
 
 
 def _top_module(spec: SweepSpec) -> str:
@@ -230,6 +242,7 @@ class _Sweep:
         self.sweep_id, self.folder, self.address = sweep_id, folder, address
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
         self.data: Any = None  # ObjectRef of the sweep's data, for every trial
+        self.writer: ProcessClient | None = None  # sends the trials' runs to MLflow
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
@@ -275,7 +288,7 @@ class _Sweep:
         recorder.resume()
         if progress is not None:
             progress.finished.update(recorder.statuses())
-        trainable = _trainable_of(self.spec, self.roots, self.data)
+        trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
         tuner = tune.Tuner.restore(str(self.folder), trainable=trainable)
         return self._fit(tuner, recorder, recorder.parent_run_id, progress)
 
@@ -303,7 +316,7 @@ class _Sweep:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
-        recorder.start_writer()
+        recorder.start_writer(self.writer)
         try:
             results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
@@ -387,14 +400,21 @@ def build_tuner(
             storage_path=storage_path(spec.storage),
             callbacks=callbacks,
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune snapshots the whole sweep (every trial's state: O(trials)) whenever a trial has
+            # made num_to_keep checkpoints since the last snapshot; with 1 that is on every
+            # checkpoint, a cost that grows with the sweep. With 2, a trial that ends with one
+            # checkpoint forces none; one that finished after the last snapshot is recognised
+            # on resume from the recorder's state (see trial.trainable).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # A trial that raises or loses its worker restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
         ),
     )
 
 
-def _trainable_of(spec: SweepSpec, roots: list[str], data: Any) -> Any:
+def _trainable_of(
+    spec: SweepSpec, roots: list[str], data: Any, finished: Mapping[str, Mapping[str, Any]] | None = None
+) -> Any:
     job = TrialJob(
         experiment=spec.experiment,
         roots=tuple(roots),
@@ -417,6 +437,7 @@ def _trainable_of(spec: SweepSpec, roots: list[str], data: Any) -> Any:
         decision_epochs=decision_epochs(spec),
         report_every_s=spec.training.report_every_s,
         checkpoint_every_s=spec.training.checkpoint_every_s,
+        finished=dict(finished or {}),
     )
     return tune.with_resources(
         tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)
@@ -470,7 +491,7 @@ class _TrackingCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, progress = self._live()
         recorder.trial_started(trial.trial_id, trial.config)
-        if progress:
+        if progress and not recorder.is_finished(trial.trial_id):
             progress.trial_started(trial.trial_id)
 
     def on_trial_result(
@@ -506,6 +527,8 @@ class _TrackingCallback(tune.Callback):
 
     def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
         recorder, progress = self._live()
+        if recorder.is_finished(trial.trial_id):
+            return  # finished before a crash; resumed, it only reported its end again
         recorder.trial_finished(trial.trial_id, status=status, stop_reason=reason, error=error)
         if progress:
             epochs = int((trial.last_result or {}).get("epoch", 0))
