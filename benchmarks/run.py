@@ -89,6 +89,10 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "hypersweep start-up (s)": startup,
         f"platform ms per trial at {small} trials": per_trial[small],
         f"platform ms per trial at {big} trials": per_trial[big],
+        # Flat means the 900 trials between the two runs cost what a trial costs on average.
+        f"platform ms per trial, marginal from {small} to {big}": 1000
+        * (r[f"trivial_{big}"]["sweep_s"] - r[f"trivial_{small}"]["sweep_s"])
+        / (big - small),
         f"driver peak RSS at {big} trials (MB)": r[f"trivial_{big}"]["peak_rss_mb"],
         "MLflow per-value / hypersweep batched": r["mlflow_logging"]["ratio"],
         "same configurations as ideal": hs.get("same_configs"),

@@ -40,7 +40,7 @@ from hypersweep.tracking import (
     redact_settings,
     resolve_tracking_uri,
 )
-from hypersweep.tracking_process import ProcessClient
+from hypersweep.tracking.process import ProcessClient
 from hypersweep.trainer import TrainSettings
 from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
 
@@ -150,7 +150,7 @@ def _started(
 
     Ray takes seconds to start; the data loads and the MLflow store opens meanwhile, in threads
     (a new SQLite store takes seconds to make its tables), and so does the process that will
-    send the trials' runs (``tracking_process``). If a check fails, a store made here is removed
+    send the trials' runs (``tracking.process``). If a check fails, a store made here is removed
     again: bad input leaves nothing behind.
     """
     if address is not None:

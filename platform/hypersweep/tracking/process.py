@@ -28,7 +28,7 @@ _CLOSE_TIMEOUT_S = 30.0
 class ProcessClient:
     """Those MlflowClient methods, run by a child process (one request at a time).
 
-    The child is a plain ``python -m hypersweep.tracking_process`` talking over a socket pair, not
+    The child is a plain ``python -m hypersweep.tracking.process`` talking over a socket pair, not
     a multiprocessing child: spawning one re-imports the caller's main module, which a script
     without a ``__main__`` guard would not survive, and forking a process running Ray is unsafe.
     """
@@ -37,7 +37,7 @@ class ProcessClient:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "hypersweep.tracking_process", str(theirs.fileno()), uri],
+            [sys.executable, "-m", "hypersweep.tracking.process", str(theirs.fileno()), uri],
             pass_fds=[theirs.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,

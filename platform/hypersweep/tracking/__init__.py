@@ -255,7 +255,7 @@ class SweepRecorder:
     # -- the writer thread -------------------------------------------------------------------
     def start_writer(self, client: Any = None) -> None:
         """Flush from a thread every second until ``stop_writer``; the tuning loop never waits.
-        ``client`` (a ``tracking_process.ProcessClient``) makes the flushes' requests elsewhere."""
+        ``client`` (a ``tracking.process.ProcessClient``) makes the flushes' requests elsewhere."""
         self._writes = client if client is not None else self.client
         self._stop_writer.clear()
         self._writer = threading.Thread(target=self._write_loop, name="hypersweep-mlflow", daemon=True)
