@@ -215,3 +215,31 @@ def test_the_tuning_loop_never_waits_for_a_slow_store(tmp_path: Path) -> None:
         recorder.stop_writer()
     recorder.flush(force=True)
     assert recorder.unsent == 0 and client.batches >= 1
+
+
+def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path) -> None:
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from hypersweep.tracking import open_client
+    from hypersweep.tracking.process import ProcessClient
+
+    uri = f"sqlite:///{tmp_path}/x.db"
+    experiment = open_client(uri).create_experiment("proc")
+    writer = ProcessClient(uri)
+    try:
+        run_id = writer.create_run(experiment, run_name="t1").info.run_id
+        writer.log_batch(run_id, metrics=[Metric("val_loss", 0.5, 0, 1)], params=[Param("lr", "0.1")])
+        writer.set_terminated(run_id, status="FINISHED")
+        with pytest.raises(MlflowException):
+            writer.log_batch("no-such-run", params=[Param("lr", "0.1")])
+        with pytest.raises(AttributeError):
+            writer.delete_run  # noqa: B018  # only the flush's methods cross over
+    finally:
+        writer.close()
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.data.params, run.data.metrics) == ({"lr": "0.1"}, {"val_loss": 0.5})
+    with pytest.raises(OSError, match="writer process stopped"):
+        writer.set_terminated(run_id, status="FINISHED")
