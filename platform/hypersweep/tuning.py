@@ -106,9 +106,7 @@ def run_sweep(
     uri = resolve_tracking_uri(spec.tracking_uri)
     check_tracking_uri(uri, source=str(spec.source))
     with _started(spec, roots, address, uri, tracking_client) as ready:
-        sweep = _Sweep.new(spec, roots, ready.concurrent, address)
-        sweep.tracking_client, sweep.data, sweep.writer = ready.client, ready.data, ready.writer
-        return sweep.run(progress)
+        return _Sweep.new(spec, roots, ready.concurrent, address).use(ready).run(progress)
 
 
 def resume_sweep(
@@ -130,8 +128,7 @@ def resume_sweep(
     uri = resolve_tracking_uri(uri)
     with _started(spec, roots, address or manifest.get("address"), uri, None) as ready:
         sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder)
-        sweep.tracking_client, sweep.data, sweep.writer = ready.client, ready.data, ready.writer
-        return sweep.resume(uri, progress)
+        return sweep.use(ready).resume(uri, progress)
 
 
 @dataclass(frozen=True)
@@ -249,6 +246,11 @@ class _Sweep:
         sweep_id = new_sweep_id(spec.name)
         folder = Path(storage_path(spec.storage)) / sweep_id
         return cls(spec, roots, concurrent, sweep_id, folder, address)
+
+    def use(self, ready: _Ready) -> _Sweep:
+        """Take what ``_started`` made ready: the tracking client, the data, the writer process."""
+        self.tracking_client, self.data, self.writer = ready.client, ready.data, ready.writer
+        return self
 
     @property
     def local(self) -> bool:
