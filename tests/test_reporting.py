@@ -243,3 +243,17 @@ def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path)
     assert (run.data.params, run.data.metrics) == ({"lr": "0.1"}, {"val_loss": 0.5})
     with pytest.raises(OSError, match="writer process stopped"):
         writer.set_terminated(run_id, status="FINISHED")
+
+
+def test_the_live_view_sees_the_best_epoch_of_a_batch() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hypersweep.console import Progress
+
+    progress = Progress(total=2, metric="val_loss", mode="min", console=Console(file=StringIO()))
+    batch = [{"epoch": 1, "val_loss": 0.4}, {"epoch": 2, "val_loss": 0.1}, {"epoch": 3, "val_loss": 0.3}]
+    progress.trial_result("a", batch[-1], epochs=batch)
+    progress.trial_result("b", {"epoch": 1, "val_loss": 0.2})
+    assert progress.best == (0.1, "a")  # the report's own value (0.3) is not its best epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -45,12 +46,16 @@ class Progress:
         self.running.add(trial_id)
         self._refresh()
 
-    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        value = result.get(self.metric)
-        if result.get("stop_reason") == "diverged" or not isinstance(value, int | float):
-            return
-        if math.isfinite(value) and self._better(float(value)):
-            self.best = (float(value), trial_id)
+    def trial_result(
+        self, trial_id: str, result: Mapping[str, Any], *, epochs: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """One report: ``epochs`` are the epochs it carries (the best may be any of them)."""
+        for epoch in epochs or [result]:
+            value = epoch.get(self.metric)
+            if epoch.get("stop_reason") == "diverged" or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value) and self._better(float(value)):
+                self.best = (float(value), trial_id)
         self._refresh()
 
     def trial_finished(self, trial_id: str, *, status: str, epochs: int) -> None:

@@ -500,9 +500,10 @@ class _TrackingCallback(tune.Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         recorder, progress = self._live()
-        recorder.trial_result(trial.trial_id, result, epochs=result.get(HISTORY) or ())
+        epochs = result.get(HISTORY) or ()
+        recorder.trial_result(trial.trial_id, result, epochs=epochs)
         if progress:
-            progress.trial_result(trial.trial_id, result)
+            progress.trial_result(trial.trial_id, result, epochs=epochs)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         _, progress = self._live()
