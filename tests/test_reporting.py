@@ -5,6 +5,7 @@ driver's recorder, which logs every epoch of a batch once, from a writer thread.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,34 @@ def test_the_live_view_sees_the_best_epoch_of_a_batch() -> None:
     progress.trial_result("a", batch[-1], epochs=batch)
     progress.trial_result("b", {"epoch": 1, "val_loss": 0.2})
     assert progress.best == (0.1, "a")  # the report's own value (0.3) is not its best epoch
+
+
+def test_local_trial_actors_inherit_the_environment_instead_of_carrying_one() -> None:
+    """Ray gives an actor with a runtime env of its own a fresh worker (seconds of imports); the
+    prestarted, preloaded workers have none. Tune's defaults go to the workers' environment."""
+    from ray.tune.execution import class_cache
+
+    from hypersweep.tuning import _actors_inherit_env
+
+    before = (dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE))
+    assert before[0], "Tune no longer sets default env vars for trial actors: revisit _actors_inherit_env"
+
+    class Trainable:
+        pass
+
+    with _actors_inherit_env():
+        local = class_cache._ActorClassCache().get(Trainable)
+    elsewhere = class_cache._ActorClassCache().get(Trainable)
+    assert not local._default_options["runtime_env"]
+    assert elsewhere._default_options["runtime_env"]["env_vars"] == before[0]
+    assert (dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)) == before
+
+
+def test_the_environment_ray_starts_with_is_restored_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypersweep.cluster import _environ
+
+    monkeypatch.setenv("HS_KEPT", "old")
+    monkeypatch.delenv("HS_NEW", raising=False)
+    with _environ({"HS_KEPT": "new", "HS_NEW": "1"}):
+        assert (os.environ["HS_KEPT"], os.environ["HS_NEW"]) == ("new", "1")
+    assert os.environ["HS_KEPT"] == "old" and "HS_NEW" not in os.environ

@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,42 +42,67 @@ class ClusterInfo:
     node_gpus: tuple[float, ...]
 
 
-def connect(*, address: str | None, import_roots: list[str], modules: Sequence[str] = ()) -> ClusterInfo:
+def connect(
+    *,
+    address: str | None,
+    import_roots: list[str],
+    modules: Sequence[str] = (),
+    preload: Sequence[str] = (),
+    worker_env: Mapping[str, str] | None = None,
+) -> ClusterInfo:
     """Start local Ray (address None) or join a running cluster.
 
-    Locally the workers share this machine's files, so ``import_roots`` on their PYTHONPATH is
-    enough (and costs nothing). A cluster's workers get the code itself through Ray's runtime
-    environment: ``modules`` (the experiment's top-level package or module) and hypersweep are
-    uploaded once as ``py_modules`` and put on every worker's path, so the nodes run exactly the
-    driver's version of both. Ray's own logging is kept off the terminal.
+    Locally the workers share this machine's files: they inherit ``import_roots`` on PYTHONPATH
+    and ``worker_env`` from the raylet this process starts, and import ``preload`` (the trial's
+    modules: torch, Ray Tune, the experiment) as soon as Ray prestarts them, while the driver is
+    still starting. No runtime environment is set, because Ray gives an actor only a worker whose
+    runtime environment matches its own: with one, the prestarted workers sit idle and every
+    trial waits for a fresh process to import torch (seconds each).
+
+    A cluster's workers get the code itself through Ray's runtime environment: ``modules`` (the
+    experiment's top-level package or module) and hypersweep are uploaded once as ``py_modules``
+    and put on every worker's path, so the nodes run exactly the driver's version of both.
+    Ray's own logging is kept off the terminal.
     """
     if ray.is_initialized():
         ray.shutdown()
-    if address is not None:
-        check_address(address)
-        runtime_env: dict[str, Any] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
-    else:
+    init: dict[str, Any] = dict(
+        address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+    )
+    if address is None:
         # The folder holding hypersweep first: workers import the driver's copy, not another install.
         own = str(Path(hypersweep.__file__).resolve().parent.parent)
         pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
-        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath.strip(os.pathsep)}}
-    init: dict[str, Any] = dict(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        runtime_env=runtime_env,
-    )
-    if address is None:
-        ray.init(**init)
+        env = {**(worker_env or {}), "PYTHONPATH": pythonpath.strip(os.pathsep)}
+        with _environ(env):
+            ray.init(**init, _system_config={"preload_python_modules": list(preload)})
     else:
+        check_address(address)
+        init["runtime_env"] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
         _join(address, init)
     return _cluster_info(address)
 
 
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set while Ray starts its processes (they copy this environment), then restored."""
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _join(address: str, init: dict[str, Any]) -> None:
     """Join a cluster in bounded time, its C++ client's retry warnings off the terminal."""
-    with _bounded_gcs_wait(), _stderr_captured() as captured:
+    # Ray retries a GCS that refuses the driver (a wrong token) for ~70 s by default.
+    key = "RAY_gcs_server_port_wait_time_s"
+    with _environ({key: os.environ.get(key, str(_GCS_RETRIES))}), _stderr_captured() as captured:
         try:
             ray.init(**init)
         except Exception as exc:
@@ -85,19 +110,6 @@ def _join(address: str, init: dict[str, Any]) -> None:
             raise ConfigError(
                 "--address", address, f"cannot join the Ray cluster: {problem}{_AUTH_HINT}"
             ) from None
-
-
-@contextlib.contextmanager
-def _bounded_gcs_wait() -> Iterator[None]:
-    """Ray retries a GCS that refuses the driver (a wrong token) for ~70 s by default."""
-    key = "RAY_gcs_server_port_wait_time_s"
-    previous = os.environ.get(key)
-    os.environ.setdefault(key, str(_GCS_RETRIES))
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

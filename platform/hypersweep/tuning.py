@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
+from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -159,7 +160,13 @@ def _started(
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
             store = pool.submit(_open_tracking, uri) if client is None else None
-            info = cluster.connect(address=address, import_roots=roots, modules=[_top_module(spec)])
+            info = cluster.connect(
+                address=address,
+                import_roots=roots,
+                modules=[_top_module(spec)],
+                preload=[trainable.__module__, spec.experiment.partition(":")[0]],
+                worker_env=class_cache.DEFAULT_ENV_VARS,
+            )
         try:
             source = str(spec.source)
             cluster.check_resources(spec.resources, info, source=source)
@@ -320,7 +327,8 @@ class _Sweep:
         interrupted = True  # until fit() returns with every trial accounted for
         recorder.start_writer(self.writer)
         try:
-            results = tuner.fit()
+            with _actors_inherit_env() if self.address is None else contextlib.nullcontext():
+                results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
             _settle(recorder, results)
             interrupted = sum(recorder.statuses().values()) < self.spec.num_samples
@@ -350,6 +358,28 @@ class _Sweep:
             unsent=recorder.unsent,
             tracking_error=recorder.last_error if recorder.unsent else "",
         )
+
+
+@contextlib.contextmanager
+def _actors_inherit_env() -> Iterator[None]:
+    """Local trials start on the workers Ray prestarted, which have imported torch already.
+
+    Tune gives every trial actor a runtime environment of its own (``PL_DISABLE_FORK`` and a
+    few variables copied from this process), and Ray starts a fresh worker for an actor whose
+    runtime environment differs from the prestarted workers' (none): ~5 s of imports per worker
+    on a small machine, while the prestarted ones sit idle. Locally, every worker inherits this
+    process's environment through the raylet anyway (``cluster.connect`` sets Tune's defaults in
+    it), so Tune's copy is dropped for the duration of the fit. A cluster's workers do not share
+    this environment; there Tune's runtime environment stays.
+    """
+    defaults, propagated = dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)
+    class_cache.DEFAULT_ENV_VARS.clear()
+    class_cache.ENV_VARS_TO_PROPAGATE.clear()
+    try:
+        yield
+    finally:
+        class_cache.DEFAULT_ENV_VARS.update(defaults)
+        class_cache.ENV_VARS_TO_PROPAGATE.update(propagated)
 
 
 def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
