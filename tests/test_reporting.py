@@ -236,7 +236,8 @@ def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path)
         with pytest.raises(MlflowException):
             writer.log_batch("no-such-run", params=[Param("lr", "0.1")])
         with pytest.raises(AttributeError):
-            writer.delete_run  # noqa: B018  # only the flush's methods cross over
+            writer._tracking_client  # noqa: B018  # only MlflowClient's public methods cross over
+        assert writer.get_run(run_id).data.params == {"lr": "0.1"}  # entities come back whole
     finally:
         writer.close()
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
@@ -244,6 +245,20 @@ def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path)
     assert (run.data.params, run.data.metrics) == ({"lr": "0.1"}, {"val_loss": 0.5})
     with pytest.raises(OSError, match="writer process stopped"):
         writer.set_terminated(run_id, status="FINISHED")
+
+
+def test_a_store_the_writer_process_cannot_open_fails_ready(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from hypersweep.tracking.process import ProcessClient
+
+    (tmp_path / "a-file").write_text("not a folder")
+    writer = ProcessClient(f"sqlite:///{tmp_path}/a-file/x.db")
+    try:
+        with pytest.raises((MlflowException, OSError)):
+            writer.ready()
+    finally:
+        writer.close()
 
 
 def test_the_live_view_sees_the_best_epoch_of_a_batch() -> None:

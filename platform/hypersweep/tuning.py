@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,6 @@ from hypersweep.tracking import (
     SweepRecorder,
     check_tracking_uri,
     new_store_file,
-    open_client,
     redact,
     redact_settings,
     resolve_tracking_uri,
@@ -137,7 +136,7 @@ class _Ready:
     concurrent: int  # trials at once
     data: Any  # ObjectRef of the sweep's data
     client: Any  # the tracking client, its store open
-    writer: ProcessClient | None  # the same store from a child process, for the trials' runs
+    writer: ProcessClient | None  # the process holding the store, when hypersweep opened it
 
 
 @contextlib.contextmanager
@@ -146,20 +145,18 @@ def _started(
 ) -> Iterator[_Ready]:
     """Ray started (or joined) and checked, the data in its object store, the tracking store open.
 
-    Ray takes seconds to start; the data loads and the MLflow store opens meanwhile, in threads
-    (a new SQLite store takes seconds to make its tables), and so does the process that will
-    send the trials' runs (``tracking.process``). If a check fails, a store made here is removed
-    again: bad input leaves nothing behind.
+    Ray takes seconds to start; meanwhile the data loads in a thread and the tracking store opens
+    in its own process (``tracking.process``; a new SQLite store takes seconds to make its
+    tables), forked before Ray starts. If a check fails, a store made here is removed again: bad
+    input leaves nothing behind.
     """
     if address is not None:
         cluster.check_address(address)  # an unreachable cluster fails before anything is made
     made = new_store_file(uri) if client is None else None
-    store: Future[tuple[Any, ProcessClient]] | None = None
-    writer: ProcessClient | None = None
+    store = ProcessClient(uri) if client is None else None
     try:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hypersweep-start") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
-            store = pool.submit(_open_tracking, uri) if client is None else None
             info = cluster.connect(
                 address=address,
                 import_roots=roots,
@@ -172,28 +169,24 @@ def _started(
             cluster.check_resources(spec.resources, info, source=source)
             cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
             if store is not None:
-                client, writer = store.result()
-            ready = _Ready(cluster.concurrency(spec.resources, info), ray.put(data.result()), client, writer)
+                store.ready()
+            concurrent = cluster.concurrency(spec.resources, info)
+            ready = _Ready(concurrent, ray.put(data.result()), client or store, store)
         except BaseException:
             cluster.shutdown()
             raise
     except BaseException:
-        if store is not None and store.done() and store.exception() is None:
-            store.result()[1].close()
+        if store is not None:
+            store.close()  # after the child is done with the store file
         if made is not None:
             made.unlink(missing_ok=True)
         raise
     try:
         yield ready
     finally:
-        if writer is not None:
-            writer.close()
+        if store is not None:
+            store.close()
         cluster.shutdown()
-
-
-def _open_tracking(uri: str) -> tuple[Any, ProcessClient]:
-    """The driver's client, its store open (made if new), then the writer process's."""
-    return open_client(uri), ProcessClient(uri)
 
 
 def _top_module(spec: SweepSpec) -> str:

@@ -1,87 +1,133 @@
-"""MLflow's writes from a process of their own.
+"""The tracking store, opened and written by a process of its own.
 
 On a SQLite store MLflow spends ~50 ms of Python (SQLAlchemy) per trial's run: create it, one
 ``log_batch``, end it. In the driver that work takes turns with Ray Tune's loop for the GIL, so a
 sweep of small trials runs at the pace of both added together. From a child process it runs on
 another core beside the loop; the recorder's writer thread only waits on a pipe.
+
+The child is forked before Ray starts, so it begins with MLflow already imported, and it is the
+only process of the sweep that opens the store. A fresh interpreter would spend ~3.5 s of CPU
+importing MLflow, and the driver as much again importing SQLAlchemy's store: on a small machine
+that competes with Ray and the workers starting (measured in benchmarks/).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
-import subprocess
 import sys
 import threading
+import time
+import traceback
 from multiprocessing.connection import Connection
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-# What SweepRecorder's flush calls; everything else stays on the driver's own client.
-METHODS = frozenset({"create_run", "log_batch", "set_terminated", "update_run"})
 _CLOSE_TIMEOUT_S = 30.0
 
 
 class ProcessClient:
-    """Those MlflowClient methods, run by a child process (one request at a time).
+    """MlflowClient's methods, run by a forked child process, one request at a time.
 
-    The child is a plain ``python -m hypersweep.tracking.process`` talking over a socket pair, not
-    a multiprocessing child: spawning one re-imports the caller's main module, which a script
-    without a ``__main__`` guard would not survive, and forking a process running Ray is unsafe.
+    Create it before Ray starts in this process: a forked copy of a process running Ray is
+    unsafe. (Forking, not spawning: a spawned child re-imports the caller's main module, which a
+    script without a ``__main__`` guard would not survive, and MLflow from scratch.) The child
+    opens the store at once; ``ready`` waits for that and raises what opening it raised.
     """
 
     def __init__(self, uri: str) -> None:
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "hypersweep.tracking.process", str(theirs.fileno()), uri],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _child(theirs, uri)
         theirs.close()
+        self._pid = pid
         self._conn = Connection(ours.detach())
         self._lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+
+    def ready(self) -> None:
+        """Wait until the child has the store open (made, if new)."""
+        with self._lock:
+            self._await_open()
 
     def __getattr__(self, name: str) -> Any:
-        if name not in METHODS:
+        if name.startswith("_") or not callable(getattr(MlflowClient, name, None)):
             raise AttributeError(name)
         return lambda *args, **kwargs: self._call(name, args, kwargs)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
-            try:
-                self._conn.send((method, args, kwargs))
-                status, value = self._conn.recv()
-            except (EOFError, OSError) as exc:
-                raise OSError(f"the MLflow writer process stopped ({type(exc).__name__})") from None
+            self._await_open()
+            return self._exchange((method, args, kwargs))
+
+    def _await_open(self) -> None:
+        if not self._opened:
+            self._exchange(None)
+            self._opened = True
+
+    def _exchange(self, request: Any) -> Any:
+        """Send ``request`` (None: only read the answer to opening the store) and read the answer."""
+        try:
+            if request is not None:
+                self._conn.send(request)
+            status, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise OSError(f"the MLflow writer process stopped ({type(exc).__name__})") from None
         if status == "ok":
             return value
         raise MlflowException(value) if status == "mlflow" else OSError(value)
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             with contextlib.suppress(OSError):  # already gone
                 self._conn.send(None)
-            try:
-                self._process.wait(_CLOSE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
             self._conn.close()
+            _reap(self._pid, _CLOSE_TIMEOUT_S)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait for the child to exit; kill it if it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _child(sock: socket.socket, uri: str) -> NoReturn:
+    """The forked child's whole life: serve, then leave without the parent's exit handlers."""
+    code = 0
+    try:
+        # Ctrl-C reaches the whole process group; the driver handles it and still writes the
+        # sweep's end through this process.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _serve(Connection(sock.detach()), uri)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _serve(conn: Connection, uri: str) -> None:
-    """The child: one MlflowClient, requests in order until None or the pipe closes."""
-    from mlflow.tracking import MlflowClient
-
-    from hypersweep import tracking  # noqa: F401  # the same MLflow settings as the driver
-
+    """One MlflowClient, its store opened first, then requests in order until None or EOF."""
     client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)  # open the store now, while the sweep starts
+    conn.send(_answer(client.search_experiments, max_results=1))
     while True:
         try:
             request = conn.recv()
@@ -90,23 +136,14 @@ def _serve(conn: Connection, uri: str) -> None:
         if request is None:
             return
         method, args, kwargs = request
-        try:
-            result = getattr(client, method)(*args, **kwargs)
-        except MlflowException as exc:
-            conn.send(("mlflow", str(exc)))
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        else:
-            conn.send(("ok", _portable(result)))
+        conn.send(_answer(getattr(client, method), *args, **kwargs))
 
 
-def _portable(result: Any) -> Any:
-    """What the recorder reads of a result (a created run's id): no MLflow entity crosses over."""
-    info = getattr(result, "info", None)
-    if info is None:
-        return None
-    return SimpleNamespace(info=SimpleNamespace(run_id=info.run_id))
-
-
-if __name__ == "__main__":
-    _serve(Connection(int(sys.argv[1])), sys.argv[2])
+def _answer(call: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    try:
+        result = call(*args, **kwargs)
+    except MlflowException as exc:
+        return ("mlflow", str(exc))
+    except Exception as exc:
+        return ("error", f"{type(exc).__name__}: {exc}")
+    return ("ok", result)  # MLflow's entities pickle whole
