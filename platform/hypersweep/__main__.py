@@ -2,5 +2,5 @@
 
 from hypersweep.cli import main
 
-if __name__ == "__main__":  # a spawned child process (the MLflow writer) imports this module too
+if __name__ == "__main__":  # importing this module (a spawned multiprocessing child does) runs nothing
     main()
