@@ -4,8 +4,10 @@ driver's recorder, which logs every epoch of a batch once, from a writer thread.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -223,13 +225,12 @@ def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from hypersweep.tracking import open_client
     from hypersweep.tracking.process import ProcessClient
 
     uri = f"sqlite:///{tmp_path}/x.db"
-    experiment = open_client(uri).create_experiment("proc")
     writer = ProcessClient(uri)
     try:
+        experiment = writer.create_experiment("proc")
         run_id = writer.create_run(experiment, run_name="t1").info.run_id
         writer.log_batch(run_id, metrics=[Metric("val_loss", 0.5, 0, 1)], params=[Param("lr", "0.1")])
         writer.set_terminated(run_id, status="FINISHED")
@@ -240,6 +241,10 @@ def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path)
         assert writer.get_run(run_id).data.params == {"lr": "0.1"}  # entities come back whole
     finally:
         writer.close()
+    # Write-ahead log while it wrote; folded back into the file when it closed.
+    with contextlib.closing(sqlite3.connect(tmp_path / "x.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert (run.data.params, run.data.metrics) == ({"lr": "0.1"}, {"val_loss": 0.5})

@@ -17,10 +17,12 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
@@ -33,10 +35,12 @@ _CLOSE_TIMEOUT_S = 30.0
 class ProcessClient:
     """MlflowClient's methods, run by a forked child process, one request at a time.
 
-    Create it before Ray starts in this process: a forked copy of a process running Ray is
-    unsafe. (Forking, not spawning: a spawned child re-imports the caller's main module, which a
-    script without a ``__main__`` guard would not survive, and MLflow from scratch.) The child
-    opens the store at once; ``ready`` waits for that and raises what opening it raised.
+    Create it before Ray starts in this process, and before this process opens the same store:
+    a forked copy of a process running Ray is unsafe, and so is a SQLite connection used on both
+    sides of a fork (MLflow keeps its stores, connections included, per URI). Forking, not
+    spawning: a spawned child re-imports the caller's main module, which a script without a
+    ``__main__`` guard would not survive, and MLflow from scratch. The child opens the store at
+    once; ``ready`` waits for that and raises what opening it raised.
     """
 
     def __init__(self, uri: str) -> None:
@@ -125,8 +129,44 @@ def _child(sock: socket.socket, uri: str) -> NoReturn:
 
 
 def _serve(conn: Connection, uri: str) -> None:
-    """One MlflowClient, its store opened first, then requests in order until None or EOF."""
-    client = MlflowClient(tracking_uri=uri)
+    """One MlflowClient on a tuned SQLite store (or any other), serving the driver."""
+    with _sqlite_tuned():
+        _requests(conn, MlflowClient(tracking_uri=uri))
+
+
+@contextlib.contextmanager
+def _sqlite_tuned() -> Iterator[None]:
+    """A SQLite store in write-ahead-log mode, synced at checkpoints, not at every commit.
+
+    MLflow commits each call; with SQLite's defaults (a rollback journal, ``synchronous=FULL``)
+    every commit creates, syncs and deletes a journal file: ~45 ms of CPU per trial's run here,
+    ~33 ms in WAL mode (benchmarks/). WAL also lets readers (the MLflow UI during a sweep) read
+    while this process writes instead of finding the database locked; a crash loses nothing
+    that was committed. The mode stays with the file; closing the connections at the end folds
+    the log back into the database file and removes it.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    opened: list[sqlite3.Connection] = []
+
+    def tune(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            opened.append(dbapi_connection)
+
+    event.listen(Engine, "connect", tune)
+    try:
+        yield
+    finally:
+        for connection in opened:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+
+def _requests(conn: Connection, client: MlflowClient) -> None:
+    """Open the store (answering whether that worked), then serve requests until None or EOF."""
     conn.send(_answer(client.search_experiments, max_results=1))
     while True:
         try:
