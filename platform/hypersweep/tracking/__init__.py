@@ -132,16 +132,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return str(mlflow.get_tracking_uri())
 
 
-def open_client(uri: str) -> MlflowClient:
-    """A client whose store is ready: a SQLite store makes or checks its tables on first use,
-    which takes seconds, so a sweep does this while Ray starts."""
-    client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)
-    return client
-
-
 def new_store_file(uri: str) -> Path | None:
-    """The file of a SQLite store that does not exist yet (``open_client`` would make it)."""
+    """The file of a SQLite store that does not exist yet (opening the store would make it)."""
     if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///"))
