@@ -126,8 +126,9 @@ def resume_sweep(
         raise ConfigError(str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri")
     roots = list(manifest["roots"])
     uri = resolve_tracking_uri(uri)
-    with _started(spec, roots, address or manifest.get("address"), uri, None) as ready:
-        sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder)
+    address = address or manifest.get("address")
+    with _started(spec, roots, address, uri, None) as ready:
+        sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder, address)
         return sweep.use(ready).resume(uri, progress)
 
 
@@ -135,8 +136,7 @@ def resume_sweep(
 class _Ready:
     concurrent: int  # trials at once
     data: Any  # ObjectRef of the sweep's data
-    client: Any  # the tracking client, its store open
-    writer: ProcessClient | None  # the process holding the store, when hypersweep opened it
+    client: Any  # the tracking client, its store open (a ProcessClient unless one was given)
 
 
 @contextlib.contextmanager
@@ -171,7 +171,7 @@ def _started(
             if store is not None:
                 store.ready()
             concurrent = cluster.concurrency(spec.resources, info)
-            ready = _Ready(concurrent, ray.put(data.result()), client or store, store)
+            ready = _Ready(concurrent, ray.put(data.result()), client or store)
         except BaseException:
             cluster.shutdown()
             raise
@@ -239,7 +239,6 @@ class _Sweep:
         self.sweep_id, self.folder, self.address = sweep_id, folder, address
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
         self.data: Any = None  # ObjectRef of the sweep's data, for every trial
-        self.writer: ProcessClient | None = None  # sends the trials' runs to MLflow
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
@@ -248,8 +247,8 @@ class _Sweep:
         return cls(spec, roots, concurrent, sweep_id, folder, address)
 
     def use(self, ready: _Ready) -> _Sweep:
-        """Take what ``_started`` made ready: the tracking client, the data, the writer process."""
-        self.tracking_client, self.data, self.writer = ready.client, ready.data, ready.writer
+        """Take what ``_started`` made ready: the tracking client and the data."""
+        self.tracking_client, self.data = ready.client, ready.data
         return self
 
     @property
@@ -318,7 +317,7 @@ class _Sweep:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
-        recorder.start_writer(self.writer)
+        recorder.start_writer()
         try:
             with _actors_inherit_env() if self.address is None else contextlib.nullcontext():
                 results = tuner.fit()

@@ -241,14 +241,12 @@ class SweepRecorder:
         self._lock = threading.RLock()
         self._create_lock = threading.Lock()
         self._writer: threading.Thread | None = None
-        self._writes: Any = self.client  # what flushes send through (see start_writer)
         self._stop_writer = threading.Event()
 
     # -- the writer thread -------------------------------------------------------------------
-    def start_writer(self, client: Any = None) -> None:
+    def start_writer(self) -> None:
         """Flush from a thread every second until ``stop_writer``; the tuning loop never waits.
-        ``client`` (a ``tracking.process.ProcessClient``) makes the flushes' requests elsewhere."""
-        self._writes = client if client is not None else self.client
+        (A sweep's client is a ``tracking.process.ProcessClient``: the requests run elsewhere.)"""
         self._stop_writer.clear()
         self._writer = threading.Thread(target=self._write_loop, name="hypersweep-mlflow", daemon=True)
         self._writer.start()
@@ -259,7 +257,6 @@ class SweepRecorder:
         if writer is not None:
             self._stop_writer.set()
             writer.join()
-        self._writes = self.client
 
     def _write_loop(self) -> None:
         while not self._stop_writer.wait(_WRITER_SECONDS):
@@ -557,7 +554,7 @@ class SweepRecorder:
             return
         self._ensure_run(trial_id, run)
         if run.reopen and not run.run_status:
-            self._writes.update_run(run.run_id, status="RUNNING")
+            self.client.update_run(run.run_id, status="RUNNING")
             run.reopen = False
         params = [] if run.params_sent else [Param(k, _param_text(v)) for k, v in sorted(run.config.items())]
         if len(params) > _MAX_PARAMS_PER_BATCH:
@@ -570,7 +567,7 @@ class SweepRecorder:
                 tags = run.pending_tags + final
                 metrics = run.pending[:_MAX_METRICS_PER_BATCH]
             if tags or metrics or params:
-                self._writes.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+                self.client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
             run.params_sent, params = True, []
             with self._lock:
                 del run.pending[: len(metrics)]
@@ -578,7 +575,7 @@ class SweepRecorder:
             if not run.pending:
                 break
         if ending:
-            self._writes.set_terminated(run.run_id, status=run.run_status)
+            self.client.set_terminated(run.run_id, status=run.run_status)
             run.ended = True
 
     def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
@@ -586,7 +583,7 @@ class SweepRecorder:
         with self._create_lock:
             if run.run_id:
                 return
-            created = self._writes.create_run(
+            created = self.client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
                 tags={
@@ -603,7 +600,7 @@ class SweepRecorder:
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-            self._writes.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
+            self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
 
     def _save(self) -> None:
         """Write the state (atomically: a crash leaves the old file or the new one, never half)."""
