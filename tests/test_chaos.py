@@ -4,7 +4,6 @@ for exactly once, one child run per trial, no step logged twice, no run left RUN
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hypersweep.tracking.state import read_state
+from hypersweep.tuning import TRACKING_STATE
 from tests.chaos_tools import (
     builds_per_trial,
     chaos_sweep,
@@ -81,8 +82,8 @@ def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: P
 
 
 def _state(folder: Path) -> dict:
-    path = folder / "hypersweep-tracking.json"
-    return json.loads(path.read_text()) if path.is_file() else {"trials": {}}
+    path = folder / TRACKING_STATE
+    return read_state(path) if path.is_file() else {"trials": {}}
 
 
 def _wait_until_mid_sweep(tmp: Path, proc, *, finished: int) -> None:

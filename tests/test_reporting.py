@@ -185,6 +185,44 @@ def test_the_recorder_logs_each_epoch_of_a_batch_once(tmp_path: Path) -> None:
     assert recorder.unsent == 0
 
 
+class _Outage:
+    """A real client behind a switch: while ``down``, every request fails as a lost server's would."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.real, self.down, self.calls = MlflowClient(tracking_uri=uri), False, []
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise OSError("connection refused")
+            self.calls.append((name, kwargs))
+            return getattr(self.real, name)(*args, **kwargs)
+
+        return call
+
+
+def test_a_trial_that_ended_before_its_run_was_made_gets_its_tags_at_creation(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/x.db"
+    client = _Outage(uri)
+    recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", client=client)
+    recorder.start_sweep(name="late", sweep_id="l-1", settings={})
+    client.down = True
+    recorder.trial_started("t1", {"lr": 0.1})
+    recorder.trial_result("t1", {"epoch": 1, "val_loss": 0.5, "device": "cpu"})
+    recorder.trial_finished("t1", status="completed", stop_reason="completed")
+    client.down, client.calls = False, []
+    assert recorder.drain(30)
+    assert [name for name, _ in client.calls] == ["create_run", "log_batch", "set_terminated"]
+    assert client.calls[1][1]["tags"] == []  # every tag went with the creation
+    (child,) = read_sweep(uri, "late").children
+    assert child.data.tags["hypersweep.status"] == "completed" and child.info.status == "FINISHED"
+    assert child.data.tags["hypersweep.stop_reason"] == "completed"
+    assert child.data.tags["hypersweep.device"] == "cpu"
+    assert child.data.params == {"lr": "0.1"} and child.data.metrics == {"val_loss": 0.5}
+
+
 def test_the_tuning_loop_never_waits_for_a_slow_store(tmp_path: Path) -> None:
     """While the writer thread is inside a request, recording goes on."""
     gate, inside = threading.Event(), threading.Event()

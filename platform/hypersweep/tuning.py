@@ -53,7 +53,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
 
 
-MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.json"  # in the sweep's folder
+MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.jsonl"  # in the sweep's folder
+_EARLIER_TRACKING_STATE = "hypersweep-tracking.json"  # one JSON object, as earlier versions saved it
 _FORMAT = "hypersweep-sweep/1"
 
 
@@ -257,6 +258,9 @@ class _Sweep:
 
     def _recorder(self, uri: str) -> SweepRecorder:
         state = self.folder / TRACKING_STATE if self.local else None
+        earlier = self.folder / _EARLIER_TRACKING_STATE
+        if state is not None and earlier.is_file() and not state.exists():
+            earlier.rename(state)  # the journal reads the earlier format and appends to it
         return SweepRecorder(
             tracking_uri=uri,
             metric=self.spec.metric,

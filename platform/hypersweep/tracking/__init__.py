@@ -45,6 +45,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep.errors import ConfigError
+from hypersweep.tracking.state import StateJournal
 
 # The CLI prints its own summary; MLflow would add a "View run" line per run on a tracking server.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -184,6 +185,7 @@ class _TrialRun:
     best: float = math.nan
     final_tags: dict[str, str] = field(default_factory=dict)
     run_status: str = ""  # FINISHED / FAILED once the trial has ended
+    final_tags_sent: bool = False  # the final tags went with create_run (it ended before that)
     ended: bool = False  # its end is recorded in MLflow
     reopen: bool = False  # marked KILLED by an interruption: RUNNING again when it resumes
 
@@ -231,7 +233,9 @@ class SweepRecorder:
         self.failed_flushes = 0  # flushes the server did not answer (an outage's length)
         self.last_error = ""
         self._trials: dict[str, _TrialRun] = {}
-        self._ended_json: dict[str, str] = {}  # saved state of ended trials (see _trial_json)
+        self._journal = StateJournal(state_file) if state_file is not None else None
+        self._open: set[str] = set()  # trials whose end is not in the journal yet
+        self._forgotten: list[str] = []  # trials dropped since the last save
         self._last_flush = time.monotonic()
         self._retry_at = 0.0
         self._down = 0  # consecutive failed flushes
@@ -286,10 +290,11 @@ class SweepRecorder:
 
     def resume(self) -> None:
         """Continue the sweep saved in ``state_file``: same parent run, same child runs."""
-        assert self.state_file is not None
-        state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        assert self._journal is not None
+        state = self._journal.state()
         self.parent_run_id, self.experiment_id = state["parent_run_id"], state["experiment_id"]
         self._trials = {tid: _TrialRun.from_json(t) for tid, t in state["trials"].items()}
+        self._open = {tid for tid, run in self._trials.items() if not run.ended}
         self.client.update_run(self.parent_run_id, status="RUNNING")
         self._adopt_children()
 
@@ -311,6 +316,7 @@ class SweepRecorder:
             run.run_id, run.params_sent, run.last_step = found.info.run_id, True, max(last, run.last_step)
             run.reopen = found.info.status != "RUNNING" and not run.run_status
             self._trials[tid] = run
+            self._open.add(tid)
         self._save()
 
     def _experiment(self, name: str) -> str:
@@ -433,7 +439,8 @@ class SweepRecorder:
         lost = [tid for tid in self._trials if tid not in known]
         for tid in lost:
             run = self._trials.pop(tid)
-            self._ended_json.pop(tid, None)
+            self._open.discard(tid)
+            self._forgotten.append(tid)
             if run.run_id:
                 try:
                     self.client.delete_run(run.run_id)
@@ -459,6 +466,7 @@ class SweepRecorder:
             return
         with self._lock:
             self._trials[trial_id] = _TrialRun(config=dict(config))
+            self._open.add(trial_id)
         if self._writer is None:
             self.flush(force=True)  # create its run now (or as soon as the server answers)
 
@@ -472,7 +480,7 @@ class SweepRecorder:
             stamp = _now_ms()
             for epoch in epochs or [result]:
                 self._note_epoch(run, epoch, stamp)
-            self._save()
+            self._save(trial_id)
         self.poll()
 
     def _note_epoch(self, run: _TrialRun, epoch: Mapping[str, Any], stamp: int) -> None:
@@ -507,7 +515,7 @@ class SweepRecorder:
                 run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
             ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
             run.run_status = RunStatus.to_string(ended)
-            self._save()
+            self._save(trial_id)
         if self._writer is None:
             self.flush(force=True)
 
@@ -563,7 +571,8 @@ class SweepRecorder:
         while True:
             with self._lock:
                 ending = bool(run.run_status) and len(run.pending) <= _MAX_METRICS_PER_BATCH
-                final = [RunTag(k, v) for k, v in run.final_tags.items()] if ending else []
+                final_due = ending and not run.final_tags_sent
+                final = [RunTag(k, v) for k, v in run.final_tags.items()] if final_due else []
                 tags = run.pending_tags + final
                 metrics = run.pending[:_MAX_METRICS_PER_BATCH]
             if tags or metrics or params:
@@ -579,10 +588,20 @@ class SweepRecorder:
             run.ended = True
 
     def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
-        """Create the trial's run unless it exists; the trial -> run map is saved at once."""
+        """Create the trial's run unless it exists; the trial -> run map is saved at once.
+
+        Tags known by then go with the creation: a short trial has often ended before its first
+        flush, and its end tags in ``create_run`` save a third of its MLflow work (a tag in
+        ``log_batch`` costs a query and an update each on SQL stores)."""
         with self._create_lock:
             if run.run_id:
                 return
+            with self._lock:
+                tags = {t.key: t.value for t in run.pending_tags}
+                sent_tags = len(run.pending_tags)
+                ended = bool(run.run_status)
+                if ended:
+                    tags.update(run.final_tags)
             created = self.client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
@@ -592,36 +611,33 @@ class SweepRecorder:
                     ROLE: "trial",
                     TRIAL_ID: trial_id,
                     STATUS: "running",
+                    **tags,
                 },
             )
             with self._lock:
                 run.run_id = created.info.run_id
-                self._save()  # the trial -> run map must outlive this process before anything else
+                del run.pending_tags[:sent_tags]
+                run.final_tags_sent = ended
+                self._save(trial_id)  # the trial -> run map must outlive this process before anything else
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[i : i + _MAX_PARAMS_PER_BATCH])
 
-    def _save(self) -> None:
-        """Write the state (atomically: a crash leaves the old file or the new one, never half)."""
-        if self.state_file is None:
-            return
-        trials = ",".join(f"{json.dumps(t)}:{self._trial_json(t, run)}" for t, run in self._trials.items())
-        head = json.dumps({"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id})
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(f'{head[:-1]}, "trials": {{{trials}}}}}', encoding="utf-8")
-        os.replace(tmp, self.state_file)
+    def _save(self, *changed: str) -> None:
+        """Record what changed in the state journal (see ``tracking.state``): the trials
+        ``changed``, or else every trial whose end is not saved yet.
 
-    def _trial_json(self, trial_id: str, run: _TrialRun) -> str:
-        """A trial's saved state; an ended trial's never changes again, so its text is kept (the
-        state is saved after every result: re-encoding a thousand finished trials each time would
-        make a sweep's cost grow with its length)."""
-        text = self._ended_json.get(trial_id)
-        if text is None:
-            text = json.dumps(run.to_json())
-            if run.ended:
-                self._ended_json[trial_id] = text
-        return text
+        Finished trials are not encoded again: their state never changes, and re-encoding a
+        thousand of them after every result would make a sweep's cost grow with its length."""
+        if self._journal is None:
+            return
+        ids = changed or tuple(self._open)
+        head = {"parent_run_id": self.parent_run_id, "experiment_id": self.experiment_id}
+        trials = [(tid, json.dumps(self._trials[tid].to_json())) for tid in ids]
+        self._journal.save(head, trials, forget=self._forgotten)
+        self._forgotten.clear()
+        self._open.difference_update([tid for tid in ids if self._trials[tid].ended])
 
 
 def _better(best: float, value: float, mode: str) -> float:
