@@ -19,6 +19,7 @@ from typing import Any
 import ray
 import torch
 from ray import tune
+from ray.tune.result import DONE
 
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import resolve_experiment
@@ -61,7 +62,7 @@ def trainable(config: dict[str, Any], job: TrialJob) -> None:
     if done is not None:
         # It finished before the driver crashed, after Tune's last snapshot of the sweep (taken
         # every few checkpoints, not on every one): restored, it must not train again.
-        tune.report(dict(done))
+        tune.report({**done, DONE: True})
         return
     torch.set_num_threads(job.threads)
     device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
@@ -136,6 +137,11 @@ class _TuneReporter:
         if not decisive and now - self._last_report < self.job.report_every_s:
             return
         result = {**self._pending[-1], **self.where, HISTORY: self._pending}
+        if "stop_reason" in metrics:
+            # The trial's last report. Marked done, Tune stops the trial on it; otherwise it
+            # would ask the worker for one more result, only to learn that the function returned:
+            # a round trip per trial through Tune's loop.
+            result[DONE] = True
         self._pending, self._last_report = [], now
         if not decisive and now - self._last_checkpoint < self.job.checkpoint_every_s:
             tune.report(result)
