@@ -115,6 +115,14 @@ def _history(result: dict[str, Any]) -> list[int]:
     return [e["epoch"] for e in result[trial.HISTORY]]
 
 
+def test_only_the_last_report_is_marked_done(tune_and_clock) -> None:
+    """Tune then stops the trial on its last report instead of asking the worker for another."""
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(report_every_s=0.0))
+    _epochs(reporter, clock, 3, seconds=0.1, last="patience")
+    assert [r.get("done", False) for r, _ in fake.reports] == [False, False, True]
+
+
 def test_short_epochs_wait_for_decisions_and_the_end(tune_and_clock) -> None:
     fake, clock = tune_and_clock
     reporter = trial._TuneReporter(_job(decision_epochs=frozenset({2, 4})), {"device": "cpu"})
