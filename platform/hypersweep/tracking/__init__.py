@@ -227,7 +227,6 @@ class SweepRecorder:
         self.client = client if client is not None else MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.metric, self.mode = metric, mode
-        self.state_file = state_file
         self.parent_run_id = ""
         self.experiment_id = ""
         self.failed_flushes = 0  # flushes the server did not answer (an outage's length)
@@ -289,7 +288,7 @@ class SweepRecorder:
         return self.parent_run_id
 
     def resume(self) -> None:
-        """Continue the sweep saved in ``state_file``: same parent run, same child runs."""
+        """Continue the sweep saved in the state file: same parent run, same child runs."""
         assert self._journal is not None
         state = self._journal.state()
         self.parent_run_id, self.experiment_id = state["parent_run_id"], state["experiment_id"]
