@@ -73,7 +73,7 @@ def ideal(trials: int, epochs: int, **_: Any) -> dict[str, Any]:
 
 
 # -- (b) hypersweep ------------------------------------------------------------------------------
-class _NullClient:
+class NullClient:
     """Stands in for MlflowClient: the recorder's bookkeeping runs, nothing is sent."""
 
     def __getattr__(self, name: str) -> Any:
@@ -111,7 +111,7 @@ def hypersweep(trials: int, epochs: int, *, tracking: bool = True, trivial: bool
     with tempfile.TemporaryDirectory() as tmp:
         spec = _spec("bench", trials, epochs, experiment, Path(tmp), space)
         started = time.perf_counter()
-        outcome = run_sweep(spec, tracking_client=None if tracking else _NullClient())
+        outcome = run_sweep(spec, tracking_client=None if tracking else NullClient())
         wall = time.perf_counter() - started
         same = _same_configs(spec.tracking_uri, trials) if tracking and not trivial else None
     return {

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from benchmarks.contenders import NullClient
 
 from hypersweep.tracking import SweepRecorder, state
 from hypersweep.tracking.state import StateJournal, read_state
@@ -73,17 +71,10 @@ def test_the_state_earlier_versions_saved_is_read_and_continued(tmp_path: Path) 
     assert set(read_state(path)["trials"]) == {"a", "b"}
 
 
-class _NullClient:
-    def __getattr__(self, name: str) -> Any:
-        if name == "create_run":
-            return lambda *a, **k: SimpleNamespace(info=SimpleNamespace(run_id=uuid.uuid4().hex))
-        return lambda *a, **k: None
-
-
 def test_the_cost_of_a_save_does_not_grow_with_the_finished_trials(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     recorder = SweepRecorder(
-        tracking_uri="sqlite:///x.db", metric="val_loss", mode="min", state_file=path, client=_NullClient()
+        tracking_uri="sqlite:///x.db", metric="val_loss", mode="min", state_file=path, client=NullClient()
     )
     recorder.start_sweep(name="x", sweep_id="x-1", settings={})
 
