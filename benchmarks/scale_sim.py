@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def bench_tune(concurrent: int = 8, trials: int = 16, epochs: int = 50) -> dict[
             self.stamps: list[float] = []
 
         def on_trial_result(
-            self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
             self.stamps.append(time.perf_counter())
 
@@ -210,7 +211,11 @@ def bench_tune(concurrent: int = 8, trials: int = 16, epochs: int = 50) -> dict[
 
 def main(argv: list[str]) -> None:
     parts = argv or ["optuna", "mlflow", "tune"]
-    benches = {"optuna": bench_optuna, "mlflow": bench_mlflow, "tune": bench_tune}
+    benches: dict[str, Callable[[], dict[str, float]]] = {
+        "optuna": bench_optuna,
+        "mlflow": bench_mlflow,
+        "tune": bench_tune,
+    }
     results: dict[str, float] = {}
     for name in parts:
         results.update(benches[name]())

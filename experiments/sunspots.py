@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from hypersweep.experiment import Data, Experiment, Output, Split
 
 WINDOW = 20  # years of history per example: about two 11-year solar cycles
-CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class Forecaster(nn.Module):
@@ -36,8 +36,9 @@ class Forecaster(nn.Module):
         self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.rnn(x)  # (B, T, H)
-        return self.head(self.dropout(out[:, -1]))  # (B, 1)
+        out: Tensor = self.rnn(x)[0]  # (B, T, H)
+        last: Tensor = self.head(self.dropout(out[:, -1]))  # (B, 1)
+        return last
 
 
 class SunspotsRNN(Experiment):
