@@ -46,6 +46,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep.errors import ConfigError
 from hypersweep.tracking.state import StateJournal
+from hypersweep.tracking.template import sqlite_path
 
 # The CLI prints its own summary; MLflow would add a "View run" line per run on a tracking server.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -135,10 +136,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def new_store_file(uri: str) -> Path | None:
     """The file of a SQLite store that does not exist yet (opening the store would make it)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri.removeprefix("sqlite:///"))
-    return None if path.exists() else path
+    path = sqlite_path(uri)
+    return None if path is None or path.exists() else path
 
 
 def redact(text: str) -> str:

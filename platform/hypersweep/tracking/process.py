@@ -29,6 +29,8 @@ from typing import Any, NoReturn
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from hypersweep.tracking.template import seed_store
+
 _CLOSE_TIMEOUT_S = 30.0
 
 
@@ -130,6 +132,7 @@ def _child(sock: socket.socket, uri: str) -> NoReturn:
 
 def _serve(conn: Connection, uri: str) -> None:
     """One MlflowClient on a tuned SQLite store (or any other), serving the driver."""
+    seed_store(uri)
     with _sqlite_tuned():
         _requests(conn, MlflowClient(tracking_uri=uri))
 
