@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from hypersweep.errors import ConfigError
 _IDLE_WORKER_MS = 60_000  # how long Ray keeps an idle worker locally (its default: 1 s)
 _GCS_RETRIES = 8  # ~1 s each: how long joining may take once the address answers
 _CONNECT_TIMEOUT_S = 5.0  # TCP reachability of --address: a dead address fails in seconds
+_MONITOR_WAIT_S = 5.0  # for a killed process to be reaped
 _AUTH_HINT = (
     "; if the cluster uses token authentication (the default of `ray start --head`), set"
     " RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)"
@@ -65,8 +67,7 @@ def connect(
     and put on every worker's path, so the nodes run exactly the driver's version of both.
     Ray's own logging is kept off the terminal.
     """
-    if ray.is_initialized():
-        ray.shutdown()
+    shutdown()
     init: dict[str, Any] = dict(
         address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
     )
@@ -206,7 +207,30 @@ def _cluster_info(address: str | None) -> ClusterInfo:
 
 def shutdown() -> None:
     if ray.is_initialized():
+        _stop_autoscaler_monitor()
         ray.shutdown()
+
+
+def _stop_autoscaler_monitor() -> None:
+    """End the local instance's autoscaler monitor at once, before Ray stops the rest.
+
+    Ray stops its processes one at a time, the GCS before the monitor. The monitor answers
+    SIGTERM by reporting its end to the GCS, which is gone by then; Ray waits a full second for
+    it and then kills it anyway: a second at the end of every sweep. The monitor of a local
+    instance holds nothing (there is no autoscaling). A driver that only joined a cluster
+    started no processes, so nothing is stopped there.
+    """
+    try:
+        from ray._private import ray_constants, worker
+
+        node: Any = worker._global_node
+        processes = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
+    except (ImportError, AttributeError):  # another Ray's internals: Ray's own shutdown does it all
+        return
+    for info in processes:
+        info.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            info.process.wait(timeout=_MONITOR_WAIT_S)
 
 
 def check_resources(resources: ResourcesSpec, info: ClusterInfo, *, source: str) -> None:
