@@ -153,6 +153,9 @@ def _started(
     """
     if address is not None:
         cluster.check_address(address)  # an unreachable cluster fails before anything is made
+    # A library caller may run Ray already (``connect`` would stop it anyway): stopped before the
+    # tracking process is forked, which must not copy a process running Ray's threads.
+    cluster.shutdown()
     made = new_store_file(uri) if client is None else None
     store = ProcessClient(uri) if client is None else None
     try:
