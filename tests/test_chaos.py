@@ -59,7 +59,11 @@ def test_failed_trial_retries_from_its_last_checkpoint(tmp_path: Path, fault: st
     # From scratch a retry would evaluate 1 + 4 times; resumed after epoch 1 it evaluates 3 times:
     # first attempt 1 (untrained) + 2, retry epochs 2..4.
     assert evals_per_trial(tmp_path) == [6, 6]
-    assert "Traceback" not in err and "retrying from its last checkpoint" in err
+    assert "Traceback" not in err
+    retried = [line for line in err.splitlines() if "retrying from its last checkpoint" in line]
+    assert len(retried) == 2 and all(": failure 1 (" in line for line in retried), err
+    if fault == "raise":  # the failure's own cause, not the previous one's
+        assert all("RuntimeError: injected fault in attempt 1)" in line for line in retried), err
 
 
 def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: Path) -> None:
@@ -79,6 +83,7 @@ def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: P
         assert "injected fault" in child.data.tags["hypersweep.error"]
     assert stored.parent.info.status == "FAILED"
     assert "Traceback" not in err and "no trial finished" in out
+    assert err.count("failure 1 (RuntimeError: injected fault in attempt 1); retrying") == 2, err
 
 
 def _state(folder: Path) -> dict:

@@ -537,9 +537,12 @@ class _TrackingCallback(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         _, progress = self._live()
         if progress:
-            error = trial.get_error()
-            what = _error_line(error) if error else f"failure {trial.num_failures}"
-            progress.trial_retried(trial.trial_id, what)
+            # The staged error file, which Tune appends to on each failure: storage's copy (what
+            # ``trial.get_error()`` reads) is synced later and would name the failure before.
+            cause = _error_line(_error_text(trial))
+            progress.trial_retried(
+                trial.trial_id, f"failure {trial.num_failures}" + (f" ({cause})" if cause else "")
+            )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, _ = self._live()
