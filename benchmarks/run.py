@@ -125,6 +125,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "marginal cost per trial, hypersweep / ideal": (r["hypersweep_big"]["sweep_s"] - hs["sweep_s"])
         / (r["ideal_big"]["wall_s"] - ideal),
         "tracking on / off (sweep)": hs["sweep_s"] / r["hypersweep_untracked"]["sweep_s"],
+        **per_round(r),
         "ray tune defaults / ideal": r["ray_tune_defaults"]["wall_s"] / ideal,
         "optuna n_jobs=2 / ideal": r["optuna_threads"]["wall_s"] / ideal,
         "hypersweep start-up (s)": startup,
@@ -137,6 +138,19 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         f"driver peak RSS at {big} trials (MB)": r[f"trivial_{big}"]["peak_rss_mb"],
         "MLflow per-value / hypersweep batched": r["mlflow_logging"]["ratio"],
         "same configurations as ideal": hs.get("same_configs"),
+    }
+
+
+def per_round(r: dict[str, Any]) -> dict[str, str]:
+    """The two noisiest ratios within each round: a round's contenders share its load."""
+
+    hs, off, hb = (r[k]["rounds_sweep_s"] for k in ("hypersweep", "hypersweep_untracked", "hypersweep_big"))
+    ideal, ib = (r[k]["rounds_wall_s"] for k in ("ideal", "ideal_big"))
+    marginal = [(b - a) / (d - c) for a, b, c, d in zip(hs, hb, ideal, ib, strict=True)]
+    on_off = [a / b for a, b in zip(hs, off, strict=True)]
+    return {
+        "marginal cost per trial, each round": ", ".join(f"{x:.2f}" for x in marginal),
+        "tracking on / off (sweep), each round": ", ".join(f"{x:.2f}" for x in on_off),
     }
 
 
@@ -189,7 +203,8 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the pools and hypersweep")
+    # Two rounds keep the whole command (install included) near 15 minutes on 2 cores.
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the pools and hypersweep")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -198,7 +213,7 @@ def main() -> None:
     else:
         # 3N, not 2N: the marginal cost is a difference of two walls, each a few tenths of a
         # second noisy; twice the trials between them halve the noise in the ratio.
-        data = measure(args.trials, args.epochs, 3 * args.trials, (100, 1000), 4000, rounds=args.rounds)
+        data = measure(args.trials, args.epochs, 3 * args.trials, (100, 1000), 2000, rounds=args.rounds)
     summary = summarize(data)
     report = markdown(data, summary)
     args.out.mkdir(parents=True, exist_ok=True)
