@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: P
     assert err.count("failure 1 (RuntimeError: injected fault in attempt 1); retrying") == 2, err
 
 
-def _state(folder: Path) -> dict:
+def _state(folder: Path) -> dict[str, Any]:
     path = folder / TRACKING_STATE
     return read_state(path) if path.is_file() else {"trials": {}}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import yaml
@@ -12,8 +13,9 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def raw() -> dict:
-    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+def raw() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    return data
 
 
 def test_ray_accepts_the_cluster_config(raw) -> None:

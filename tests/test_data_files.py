@@ -7,6 +7,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,9 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_idx_folder(folder: Path, *, n_train: int = 60, n_test: int = 12, gz: bool = False) -> dict:
+def write_idx_folder(
+    folder: Path, *, n_train: int = 60, n_test: int = 12, gz: bool = False
+) -> dict[str, Any]:
     """Four IDX files: random 8x8 uint8 images with random labels 0..9."""
     rng = np.random.default_rng(0)
     arrays = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -91,7 +92,7 @@ def test_huge_learning_rates_diverge_at_once_and_patience_stops_the_rest(tmp_pat
         *("--set", "training.patience=1", "--set", "training.min_delta=1.0e9"),
     )
     check_nested_runs(stored, "val_rmse", trials=4)
-    by_lr: dict[float, list] = {}
+    by_lr: dict[float, list[Any]] = {}
     for child in stored.children:
         by_lr.setdefault(float(child.data.params["lr"]), []).append(child)
     assert set(by_lr) == {1e5, 1e-2}, "the seeded sampler should draw both rates"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -18,7 +19,8 @@ def test_shutdown_ends_every_process_the_local_instance_started() -> None:
     info = cluster.connect(address=None, import_roots=[])
     try:
         assert info.nodes == 1 and info.address is None
-        processes = worker._global_node.all_processes  # type: ignore[union-attr]
+        node: Any = worker._global_node
+        processes = node.all_processes
         started = {kind: [p.process for p in infos] for kind, infos in processes.items()}
         assert ray_constants.PROCESS_TYPE_MONITOR in started  # the one stopped ahead of the rest
     finally:

@@ -19,7 +19,7 @@ from tests.ray_cluster import free_port
 
 def _one_error_line(result) -> str:
     assert result.returncode == 2, result.stdout + result.stderr
-    line = result.stderr.strip()
+    line: str = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line and line.startswith("error: ")
     return line
 

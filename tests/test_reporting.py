@@ -9,11 +9,13 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from hypersweep import trial
@@ -58,7 +60,7 @@ class _Tune:
         files = sorted(p.name for p in Path(checkpoint.path).rglob("*") if p.is_file()) if checkpoint else []
         self.reports.append((result, files))
 
-    Checkpoint = trial.tune.Checkpoint
+    Checkpoint = tune.Checkpoint
 
     def get_checkpoint(self) -> None:
         return None
@@ -76,7 +78,7 @@ class _Clock:
 def tune_and_clock(monkeypatch: pytest.MonkeyPatch) -> tuple[_Tune, _Clock]:
     fake, clock = _Tune(), _Clock()
     monkeypatch.setattr(trial, "tune", fake)
-    monkeypatch.setattr(trial.time, "monotonic", clock)
+    monkeypatch.setattr(time, "monotonic", clock)
     return fake, clock
 
 
@@ -199,7 +201,8 @@ class _Outage:
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.real, self.down, self.calls = MlflowClient(tracking_uri=uri), False, []
+        self.real, self.down = MlflowClient(tracking_uri=uri), False
+        self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def __getattr__(self, name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:

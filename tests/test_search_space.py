@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
@@ -21,7 +23,7 @@ SPACE = {
 }
 
 
-def _sample(n: int, seed: int = 0) -> list[dict]:
+def _sample(n: int, seed: int = 0) -> list[dict[str, Any]]:
     space = parse_search_space(SPACE, "space.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     configs = []
