@@ -63,9 +63,12 @@ def test_a_seeded_store_is_the_store_mlflow_makes(tmp_path: Path, monkeypatch: p
     assert runs.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
 
 
-def test_the_template_is_made_once_per_mlflow_version(own_cache: Path) -> None:
+def test_the_template_is_made_once_per_mlflow_schema(own_cache: Path) -> None:
     first = template_file()
     assert first is not None and mlflow.__version__ in first.name
+    with contextlib.closing(sqlite3.connect(first)) as db:
+        (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision in first.name
     stamp = first.stat().st_mtime_ns
     assert template_file() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in own_cache.joinpath("hypersweep").iterdir()] == [first.name]  # no leftovers

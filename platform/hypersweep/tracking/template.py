@@ -52,11 +52,15 @@ def seed_store(uri: str) -> bool:
 
 
 def template_file() -> Path | None:
-    """The cached empty store of this MLflow version, made now if missing; None if it cannot be."""
-    path = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
-    if path.is_file():
-        return path
+    """The cached empty store of this MLflow schema, made now if missing; None if it cannot be."""
     try:
+        # Named by MLflow's version and its newest migration: a build with new migrations under
+        # the same version number gets a template of its own (~30 ms to read the revision).
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        path = cache_dir() / f"mlflow-{mlflow.__version__}-{_get_latest_schema_revision()}-empty.db"
+        if path.is_file():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
