@@ -143,7 +143,6 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
 
 def per_round(r: dict[str, Any]) -> dict[str, str]:
     """The two noisiest ratios within each round: a round's contenders share its load."""
-
     hs, off, hb = (r[k]["rounds_sweep_s"] for k in ("hypersweep", "hypersweep_untracked", "hypersweep_big"))
     ideal, ib = (r[k]["rounds_wall_s"] for k in ("ideal", "ideal_big"))
     marginal = [(b - a) / (d - c) for a, b, c, d in zip(hs, hb, ideal, ib, strict=True)]
