@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypersweep.config import SweepSpec, load_sweep
+from hypersweep.config import SweepSpec, import_roots, load_sweep
 from hypersweep.experiment import Experiment
-from hypersweep.registry import import_roots, resolve_experiment
+from hypersweep.registry import resolve_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_SWEEPS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from hypersweep.config import import_roots
 from hypersweep.experiment import Data, Experiment
-from hypersweep.registry import check_experiment, import_roots
+from hypersweep.registry import check_experiment
 from hypersweep.trainer import TrainerState, TrainSettings, fit
 from tests.conftest import hypersweep
 from tests.experiments_index import ALL_SWEEPS, EXPERIMENT_SWEEPS, load, sweep_id

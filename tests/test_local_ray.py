@@ -1,33 +1,106 @@
-"""The local Ray instance: a sweep starts its own, after the tracking process, and stops it whole."""
+"""The local Ray node: a sweep starts its own (in a process of its own) and stops it whole."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import ray
-from ray._private import ray_constants, worker
 
 from hypersweep import cluster, tuning
 from hypersweep.config import load_sweep
-from tests.conftest import DEFAULT_SWEEP
+from hypersweep.ray_node import LocalNode
+from tests.conftest import DEFAULT_SWEEP, ROOT
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every live process below ``pid``, with its command line (from /proc)."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found[child] = commands.get(child, "")
+        todo.extend(children.get(child, []))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
 @pytest.mark.slow
-def test_shutdown_ends_every_process_the_local_instance_started() -> None:
+def test_the_local_node_runs_what_a_sweep_uses_and_shutdown_ends_all_of_it() -> None:
     info = cluster.connect(address=None, import_roots=[])
     try:
         assert info.nodes == 1 and info.address is None
-        node: Any = worker._global_node
-        processes = node.all_processes
-        started = {kind: [p.process for p in infos] for kind, infos in processes.items()}
-        assert ray_constants.PROCESS_TYPE_MONITOR in started  # the one stopped ahead of the rest
+        assert cluster._NODE is not None
+        node_pid = cluster._NODE.pid
+        started = {node_pid: "ray_node", **_descendants(node_pid)}
+        commands = " ".join(started.values())
+        assert "gcs_server" in commands and "raylet" in commands
+        # Neither monitor: nothing to scale, and the workers' output is not printed by the driver.
+        assert "monitor.py" not in commands and "log_monitor" not in commands
     finally:
         cluster.shutdown()
     assert not ray.is_initialized()
-    running = [kind for kind, procs in started.items() for p in procs if p.poll() is None]
-    assert running == []
+    assert [command for pid, command in started.items() if _alive(pid)] == []
+
+
+@pytest.mark.slow
+def test_a_local_node_started_early_is_used_and_ends_when_its_driver_dies(tmp_path: Path) -> None:
+    """The command line starts the node before it imports torch; connect takes that node. A
+    driver killed outright leaves no Ray process behind: the node sees its stdin close."""
+    node = LocalNode.start(import_roots=[])
+    pid = node.pid
+    info = cluster.connect(address=None, import_roots=[], node=node)
+    try:
+        assert info.nodes == 1 and cluster._NODE is node
+        assert ray.get_runtime_context().gcs_address == node.address()
+    finally:
+        cluster.shutdown()
+    assert not _alive(pid)
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER_THAT_WAITS], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert driver.stdout is not None
+    node_pid = int(driver.stdout.readline())
+    started = {node_pid: "ray_node", **_descendants(node_pid)}
+    assert any("raylet" in command for command in started.values())
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
+        time.sleep(0.2)
+    assert [command for pid, command in started.items() if _alive(pid)] == []
+
+
+_DRIVER_THAT_WAITS = """
+import time
+from hypersweep import cluster
+cluster.connect(address=None, import_roots=[])
+print(cluster._NODE.pid, flush=True)
+time.sleep(600)
+"""
 
 
 class _Stop(Exception):

@@ -57,8 +57,16 @@ def _sweep_options(fn: Any) -> Any:
 
 
 def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> Any:
-    from hypersweep.config import load_sweep
     from hypersweep.registry import check_experiment
+
+    spec = _read(sweep_file, overrides, flags)
+    check_experiment(spec)
+    return spec
+
+
+def _read(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> Any:
+    """The sweep file, flags and overrides, checked against the schema: no torch imported yet."""
+    from hypersweep.config import load_sweep
 
     values = {
         "num_samples": flags.get("num_samples"),
@@ -73,9 +81,7 @@ def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> A
         "storage": flags.get("storage"),
         "storage_shared": flags.get("shared_storage"),
     }
-    spec = load_sweep(sweep_file, overrides, values)
-    check_experiment(spec)
-    return spec
+    return load_sweep(sweep_file, overrides, values)
 
 
 @cli.command()
@@ -83,17 +89,33 @@ def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> A
 @click.option("--address", help="Ray cluster address (default: start Ray on this machine).")
 def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flags: Any) -> None:
     """Run the sweep in SWEEP_FILE."""
-    from hypersweep.console import Progress
-    from hypersweep.tuning import run_sweep
+    spec = _read(sweep_file, overrides, flags)
+    # Local Ray takes seconds to start, and so do the imports of torch, Ray Tune and MLflow
+    # here: its node starts first, in a process of its own, and both go on at once.
+    node = _local_node(spec) if address is None else None
+    try:
+        from hypersweep.console import Progress
+        from hypersweep.registry import check_experiment
+        from hypersweep.tuning import run_sweep
 
-    spec = _load(sweep_file, overrides, flags)
-    _out.print(
-        f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, "
-        f"{spec.search.type} search, {spec.scheduler.type} scheduler"
-    )
-    with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
-        outcome = run_sweep(spec, address=address, progress=progress)
+        check_experiment(spec)
+        _out.print(
+            f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, "
+            f"{spec.search.type} search, {spec.scheduler.type} scheduler"
+        )
+        with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
+            outcome = run_sweep(spec, address=address, progress=progress, node=node)
+    finally:
+        if node is not None:
+            node.stop()  # the sweep has stopped it, unless it never started
     _end(spec, outcome)
+
+
+def _local_node(spec: Any) -> Any:
+    from hypersweep.config import import_roots
+    from hypersweep.ray_node import sweep_node
+
+    return sweep_node(spec, import_roots(spec.source))
 
 
 @cli.command()

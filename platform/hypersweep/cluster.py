@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,11 +19,11 @@ import ray
 import hypersweep
 from hypersweep.config import ResourcesSpec
 from hypersweep.errors import ConfigError
+from hypersweep.ray_node import LocalNode
 
-_IDLE_WORKER_MS = 60_000  # how long Ray keeps an idle worker locally (its default: 1 s)
 _GCS_RETRIES = 8  # ~1 s each: how long joining may take once the address answers
 _CONNECT_TIMEOUT_S = 5.0  # TCP reachability of --address: a dead address fails in seconds
-_MONITOR_WAIT_S = 5.0  # for a killed process to be reaped
+_NODE: LocalNode | None = None  # the local node this process started: shutdown() stops it
 _AUTH_HINT = (
     "; if the cluster uses token authentication (the default of `ray start --head`), set"
     " RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)"
@@ -52,15 +51,17 @@ def connect(
     modules: Sequence[str] = (),
     preload: Sequence[str] = (),
     worker_env: Mapping[str, str] | None = None,
+    node: LocalNode | None = None,
 ) -> ClusterInfo:
     """Start local Ray (address None) or join a running cluster.
 
     Locally the workers share this machine's files: they inherit ``import_roots`` on PYTHONPATH
-    and ``worker_env`` from the raylet this process starts, and import ``preload`` (the trial's
-    modules: torch, Ray Tune, the experiment) as soon as Ray prestarts them, while the driver is
-    still starting. No runtime environment is set, because Ray gives an actor only a worker whose
-    runtime environment matches its own: with one, the prestarted workers sit idle and every
-    trial waits for a fresh process to import torch (seconds each).
+    and ``worker_env`` from the node's processes, and import ``preload`` (the trial's modules:
+    torch, Ray Tune, the experiment) as soon as Ray prestarts them, while the driver is still
+    starting. ``node``, a ``LocalNode`` started earlier with the same settings, is used instead
+    of starting one. No runtime environment is set, because Ray gives an actor only a worker
+    whose runtime environment matches its own: with one, the prestarted workers sit idle and
+    every trial waits for a fresh process to import torch (seconds each).
 
     A cluster's workers get the code itself through Ray's runtime environment: ``modules`` (the
     experiment's top-level package or module) and hypersweep are uploaded once as ``py_modules``
@@ -72,12 +73,13 @@ def connect(
         address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
     )
     if address is None:
-        # The folder holding hypersweep first: workers import the driver's copy, not another install.
-        own = str(Path(hypersweep.__file__).resolve().parent.parent)
-        pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
-        env = {**(worker_env or {}), "PYTHONPATH": pythonpath.strip(os.pathsep)}
-        with _environ(env):
-            ray.init(**init, _system_config=_local_system_config(preload))
+        global _NODE
+        _NODE = node or LocalNode.start(import_roots=import_roots, preload=preload, worker_env=worker_env)
+        try:
+            ray.init(**{**init, "address": _NODE.address()})
+        except BaseException:
+            shutdown()
+            raise
     else:
         check_address(address)
         init["runtime_env"] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
@@ -85,26 +87,9 @@ def connect(
     return _cluster_info(address)
 
 
-def _local_system_config(preload: Sequence[str]) -> dict[str, Any]:
-    """Ray's settings for a local instance: the prestarted workers import ``preload``, and they
-    stay alive until the trials come.
-
-    A prestarted worker counts as idle from the moment it registers, while it is still importing,
-    and Ray ends idle workers after one second whenever it counts more workers than CPUs. On a
-    2-core machine both prestarted workers ended so ("idle for a long time"), 6 s after start and
-    before the first trial, in 2 of ~15 sweeps, and in 4 of 9 when they imported more; the trials
-    then waited for fresh workers to import everything again (a 32-trial benchmark took 27-34 s
-    instead of 20). Kept idle for a minute, they live to take the trials.
-    """
-    return {
-        "preload_python_modules": list(preload),
-        "idle_worker_killing_time_threshold_ms": _IDLE_WORKER_MS,
-    }
-
-
 @contextlib.contextmanager
 def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    """``env`` set while Ray starts its processes (they copy this environment), then restored."""
+    """``env`` set in this process for a while, then restored."""
     previous = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
@@ -206,31 +191,13 @@ def _cluster_info(address: str | None) -> ClusterInfo:
 
 
 def shutdown() -> None:
+    """Leave Ray, and stop the local node this process started (a cluster keeps running)."""
+    global _NODE
     if ray.is_initialized():
-        _stop_autoscaler_monitor()
         ray.shutdown()
-
-
-def _stop_autoscaler_monitor() -> None:
-    """End the local instance's autoscaler monitor at once, before Ray stops the rest.
-
-    Ray stops its processes one at a time, the GCS before the monitor. The monitor answers
-    SIGTERM by reporting its end to the GCS, which is gone by then; Ray waits a full second for
-    it and then kills it anyway: a second at the end of every sweep. The monitor of a local
-    instance holds nothing (there is no autoscaling). A driver that only joined a cluster
-    started no processes, so nothing is stopped there.
-    """
-    try:
-        from ray._private import ray_constants, worker
-
-        node: Any = worker._global_node
-        processes = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
-    except (ImportError, AttributeError):  # another Ray's internals: Ray's own shutdown does it all
-        return
-    for info in processes:
-        info.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            info.process.wait(timeout=_MONITOR_WAIT_S)
+    if _NODE is not None:
+        node, _NODE = _NODE, None
+        node.stop()
 
 
 def check_resources(resources: ResourcesSpec, info: ClusterInfo, *, source: str) -> None:

@@ -185,6 +185,21 @@ def load_sweep(
     return build_spec(data, file)
 
 
+def import_roots(sweep_file: Path) -> list[str]:
+    """Folders an experiment's module is imported from: cwd, the sweep file's parent and its folder.
+
+    ``experiments/x.yaml`` naming ``experiments.mod:Cls`` resolves from the project root; a user's
+    ``my_exp:Cls`` beside its sweep file resolves from the sweep file's folder. Workers get the same
+    folders on their PYTHONPATH.
+    """
+    folder = sweep_file.resolve().parent
+    roots: list[str] = []
+    for path in (Path.cwd(), folder.parent, folder):
+        if str(path) not in roots:
+            roots.append(str(path))
+    return roots
+
+
 def _read_yaml(file: Path, source: str) -> Any:
     if not file.is_file():
         raise ConfigError(source, "", "file not found")

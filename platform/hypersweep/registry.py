@@ -15,21 +15,6 @@ if TYPE_CHECKING:  # workers import this module; keep pydantic and Optuna out of
     from hypersweep.config import SweepSpec
 
 
-def import_roots(sweep_file: Path) -> list[str]:
-    """Folders an experiment's module is imported from: cwd, the sweep file's parent and its folder.
-
-    ``experiments/x.yaml`` naming ``experiments.mod:Cls`` resolves from the project root; a user's
-    ``my_exp:Cls`` beside its sweep file resolves from the sweep file's folder. Workers get the same
-    folders on their PYTHONPATH.
-    """
-    folder = sweep_file.resolve().parent
-    roots: list[str] = []
-    for path in (Path.cwd(), folder.parent, folder):
-        if str(path) not in roots:
-            roots.append(str(path))
-    return roots
-
-
 def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type[Experiment]:
     """Import ``module:Class`` with ``roots`` on sys.path; ConfigError naming the key otherwise."""
     module_name, _, class_name = path.partition(":")
@@ -55,6 +40,8 @@ def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type
 
 def check_experiment(spec: SweepSpec) -> type[Experiment]:
     """Import the sweep's experiment; check its metric is reported and its optimizers exist."""
+    from hypersweep.config import import_roots  # the caller has it loaded already (spec)
+
     source = str(spec.source)
     cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=source)
     known = ("train_loss", "val_loss", *cls.metric_names)

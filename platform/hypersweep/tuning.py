@@ -27,10 +27,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
-from hypersweep.config import SweepSpec, build_spec
+from hypersweep.config import SweepSpec, build_spec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
-from hypersweep.registry import import_roots, load_sweep_data, resolve_experiment
+from hypersweep.ray_node import LocalNode, sweep_node
+from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
@@ -96,17 +97,24 @@ def run_sweep(
     address: str | None = None,
     progress: Progress | None = None,
     tracking_client: Any = None,
+    node: LocalNode | None = None,
 ) -> SweepOutcome:
     """Preflight (experiment, tracking server, cluster, resources, storage, data), then the sweep.
 
     Every check that can fail on bad input runs before the MLflow parent run is created.
-    ``tracking_client`` replaces MlflowClient (benchmarks measure without tracking).
+    ``tracking_client`` replaces MlflowClient (benchmarks measure without tracking). ``node``:
+    the local Ray node, started earlier by the caller (``ray_node.sweep_node``); the sweep stops it.
     """
     roots = import_roots(spec.source)
-    resolve_experiment(spec.experiment, roots, source=str(spec.source))
-    uri = resolve_tracking_uri(spec.tracking_uri)
-    check_tracking_uri(uri, source=str(spec.source))
-    with _started(spec, roots, address, uri, tracking_client) as ready:
+    try:
+        resolve_experiment(spec.experiment, roots, source=str(spec.source))
+        uri = resolve_tracking_uri(spec.tracking_uri)
+        check_tracking_uri(uri, source=str(spec.source))
+    except BaseException:
+        if node is not None:
+            node.stop()
+        raise
+    with _started(spec, roots, address, uri, tracking_client, node) as ready:
         return _Sweep.new(spec, roots, ready.concurrent, address).use(ready).run(progress)
 
 
@@ -142,31 +150,35 @@ class _Ready:
 
 @contextlib.contextmanager
 def _started(
-    spec: SweepSpec, roots: list[str], address: str | None, uri: str, client: Any
+    spec: SweepSpec,
+    roots: list[str],
+    address: str | None,
+    uri: str,
+    client: Any,
+    node: LocalNode | None = None,
 ) -> Iterator[_Ready]:
     """Ray started (or joined) and checked, the data in its object store, the tracking store open.
 
-    Ray takes seconds to start; meanwhile the data loads in a thread and the tracking store opens
-    in its own process (``tracking.process``; a new SQLite store takes seconds to make its
-    tables), forked before Ray starts. If a check fails, a store made here is removed again: bad
-    input leaves nothing behind.
+    Ray takes seconds to start. Locally its node starts in a process of its own (``node``, if
+    the caller started it earlier); meanwhile the data loads in a thread and the tracking store
+    opens in its own process (``tracking.process``), forked before this process joins Ray. If a
+    check fails, a store made here is removed again: bad input leaves nothing behind.
     """
     if address is not None:
         cluster.check_address(address)  # an unreachable cluster fails before anything is made
     # A library caller may run Ray already (``connect`` would stop it anyway): stopped before the
     # tracking process is forked, which must not copy a process running Ray's threads.
     cluster.shutdown()
-    made = new_store_file(uri) if client is None else None
-    store = ProcessClient(uri) if client is None else None
+    if address is None and node is None:
+        node = sweep_node(spec, roots)
+    made = store = None
     try:
+        made = new_store_file(uri) if client is None else None
+        store = ProcessClient(uri) if client is None else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
             info = cluster.connect(
-                address=address,
-                import_roots=roots,
-                modules=[_top_module(spec)],
-                preload=[trainable.__module__, spec.experiment.partition(":")[0]],
-                worker_env=class_cache.DEFAULT_ENV_VARS,
+                address=address, import_roots=roots, modules=[_top_module(spec)], node=node
             )
         try:
             source = str(spec.source)
@@ -180,6 +192,8 @@ def _started(
             cluster.shutdown()
             raise
     except BaseException:
+        if node is not None:
+            node.stop()  # if connect did not take it
         if store is not None:
             store.close()  # after the child is done with the store file
         if made is not None:
@@ -367,7 +381,7 @@ def _actors_inherit_env() -> Iterator[None]:
     few variables copied from this process), and Ray starts a fresh worker for an actor whose
     runtime environment differs from the prestarted workers' (none): ~5 s of imports per worker
     on a small machine, while the prestarted ones sit idle. Locally, every worker inherits this
-    process's environment through the raylet anyway (``cluster.connect`` sets Tune's defaults in
+    process's environment through the node anyway (``ray_node.sweep_node`` sets Tune's defaults in
     it), so Tune's copy is dropped for the duration of the fit. A cluster's workers do not share
     this environment; there Tune's runtime environment stays.
     """

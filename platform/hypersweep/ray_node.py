@@ -1,0 +1,186 @@
+"""The local Ray node, in a process of its own: ``LocalNode`` here, ``main`` there.
+
+``python -m hypersweep.ray_node SYSTEM_CONFIG_JSON`` starts a head node, writes the node's
+address as one line on stdout, and keeps the node until SIGTERM (the driver is done) or until
+its stdin closes (the driver died), then stops every process the node started.
+
+In a process of its own the node starts while the driver still imports torch, Ray Tune and
+MLflow (seconds, on one core) instead of after. And it starts only what a sweep on this machine
+uses: no log monitor (the driver does not print the workers' output) and no autoscaler monitor
+(nothing to scale), two Python processes of ~1 s of CPU each at start. Ray itself is imported
+only in the node's process: the command line starts the node before it imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+import hypersweep
+
+if TYPE_CHECKING:
+    from hypersweep.config import SweepSpec
+
+_START_TIMEOUT_S = 120.0  # a local node that has not started by then never will
+_STOP_TIMEOUT_S = 15.0  # for the node to stop its processes, before it is killed
+_IDLE_WORKER_MS = 60_000  # how long Ray keeps an idle worker locally (its default: 1 s)
+TRIAL_MODULE = "hypersweep.trial"  # what every trial runs (``trial.trainable``)
+# What Ray Tune gives every trial actor (its class_cache.DEFAULT_ENV_VARS, which imports all of
+# Tune): locally the workers get it from the node instead (see tuning._actors_inherit_env).
+TUNE_WORKER_ENV = {"PL_DISABLE_FORK": "1"}
+
+
+def sweep_node(spec: SweepSpec, roots: list[str]) -> LocalNode:
+    """The local node for ``spec``'s trials: its workers import the trial's modules up front."""
+    experiment_module = spec.experiment.partition(":")[0]
+    return LocalNode.start(
+        import_roots=roots, preload=[TRIAL_MODULE, experiment_module], worker_env=TUNE_WORKER_ENV
+    )
+
+
+class LocalNode:
+    """The driver's handle on a local node in its process, started as early as wanted.
+
+    ``start`` returns at once; ``address`` waits for the node. The node ends on ``stop``, and
+    when this process ends, however it ends: the node's process watches its stdin for that.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], errors: IO[bytes]) -> None:
+        self._process, self._errors = process, errors
+        self._address: str | None = None
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        import_roots: Sequence[str],
+        preload: Sequence[str] = (),
+        worker_env: Mapping[str, str] | None = None,
+    ) -> LocalNode:
+        # The folder holding hypersweep first: workers import the driver's copy, not another install.
+        own = str(Path(hypersweep.__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
+        env = {**os.environ, **(worker_env or {}), "PYTHONPATH": pythonpath.strip(os.pathsep)}
+        # The node's own complaints, shown if it fails to start; open as long as the node runs.
+        errors = tempfile.TemporaryFile()  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hypersweep.ray_node", json.dumps(_local_system_config(preload))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=env,
+        )
+        return cls(process, errors)
+
+    def address(self) -> str:
+        """The node's GCS address, once it runs (RuntimeError if it failed to start)."""
+        if self._address is None:
+            assert self._process.stdout is not None
+            ready, _, _ = select.select([self._process.stdout], [], [], _START_TIMEOUT_S)
+            line = self._process.stdout.readline().decode().strip() if ready else ""
+            if not line:
+                reason = _last_line(self._complaints()) or f"no address within {_START_TIMEOUT_S:g} s"
+                self.stop()
+                raise RuntimeError(f"local Ray did not start: {reason}")
+            self._address = line
+        return self._address
+
+    def stop(self) -> None:
+        """End the node and every process it started (idempotent)."""
+        if self._process.poll() is None:
+            # Its handler stops the node's processes. A node still starting (bad input found
+            # meanwhile) ends at once, not after its start: Linux ends its processes with it.
+            self._process.terminate()
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()  # its processes end with it all the same
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._errors.close()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _complaints(self) -> str:
+        self._errors.seek(0)
+        return self._errors.read().decode(errors="replace")
+
+
+def _local_system_config(preload: Sequence[str]) -> dict[str, Any]:
+    """Ray's settings for a local node: the prestarted workers import ``preload``, and they
+    stay alive until the trials come.
+
+    A prestarted worker counts as idle from the moment it registers, while it is still importing,
+    and Ray ends idle workers after one second whenever it counts more workers than CPUs. On a
+    2-core machine both prestarted workers ended so ("idle for a long time"), 6 s after start and
+    before the first trial, in 2 of ~15 sweeps, and in 4 of 9 when they imported more; the trials
+    then waited for fresh workers to import everything again (a 32-trial benchmark took 27-34 s
+    instead of 20). Kept idle for a minute, they live to take the trials.
+    """
+    return {
+        "preload_python_modules": list(preload),
+        "idle_worker_killing_time_threshold_ms": _IDLE_WORKER_MS,
+    }
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def main() -> NoReturn:
+    system_config = json.loads(sys.argv[1])
+    # Ctrl-C reaches the whole process group: the driver handles it, then stops the node.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # The node's processes inherit our stdout: pointed elsewhere, they never hold (or fill) the
+    # driver's pipe, which then reads one line and its end.
+    address_out = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    params = RayParams(
+        include_dashboard=False,
+        include_log_monitor=False,  # type: ignore[arg-type]  # annotated as str, read as a flag
+        no_monitor=True,
+        _system_config=system_config,
+    )
+    # As ray.init() starts a local node. spawn_reaper: the node's processes end with this one,
+    # even if it is killed (on Linux the kernel sees to it).
+    node = Node(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+    try:
+        address_out.write(node.address + "\n")
+        address_out.close()
+        sys.stdin.buffer.read()  # returns when the driver is gone
+    finally:
+        node.destroy_external_storage()
+        node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+        # Nothing left to flush: skip the interpreter's teardown of Ray's modules (~0.3 s).
+        os._exit(0)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # through main's finally: the node's processes are stopped
+
+
+if __name__ == "__main__":
+    main()
