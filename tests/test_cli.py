@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
@@ -87,3 +91,38 @@ def test_only_the_process_command_line_skips_the_final_collections(monkeypatch) 
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Command lines of live processes whose environment holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
+def test_run_with_bad_input_found_after_ray_started_leaves_no_ray_process(tmp_path: Path) -> None:
+    """`run` starts local Ray before it imports the experiment. An experiment that does not
+    import is still one line and exit 2, and the Ray it started is gone when the command ends."""
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["HYPERSWEEP_TEST_MARK"] = mark
+    bad = "experiment=experiments.nope:M"
+    result = subprocess.run(
+        [sys.executable, "-m", "hypersweep", "run", str(DEFAULT_SWEEP), "--set", bad],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": experiment: cannot import 'experiments.nope'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert _processes_with(f"HYPERSWEEP_TEST_MARK={mark}") == []

@@ -128,3 +128,14 @@ def test_a_ray_the_caller_runs_is_stopped_before_the_tracking_process_forks(
     finally:
         cluster.shutdown()
     assert seen == [False]
+
+
+def test_the_node_gives_workers_what_tune_would() -> None:
+    """The command line starts the node without importing Ray Tune, so the node keeps its own
+    copy of what Tune gives each trial actor, and of the trial's module name: both must match."""
+    from ray.tune.execution import class_cache
+
+    from hypersweep import ray_node, trial
+
+    assert ray_node.TUNE_WORKER_ENV == class_cache.DEFAULT_ENV_VARS
+    assert trial.trainable.__module__ == ray_node.TRIAL_MODULE
