@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -92,6 +93,34 @@ def test_a_local_node_started_early_is_used_and_ends_when_its_driver_dies(tmp_pa
     while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(0.2)
     assert [command for pid, command in started.items() if _alive(pid)] == []
+
+
+@pytest.mark.slow
+def test_the_node_starts_its_workers_before_a_driver_joins_and_the_driver_uses_them() -> None:
+    """The workers import torch while the command line still imports its own modules; the
+    sweep's tasks then run on those workers, not on fresh ones."""
+    node = LocalNode.start(import_roots=[], preload=["torch"])
+    try:
+        node.address()
+        cpus = ray._private.utils.get_num_cpus()  # what the node counts
+        deadline = time.monotonic() + 60
+        early: list[int] = []
+        while time.monotonic() < deadline and len(early) < cpus:
+            early = [p for p, cmd in _descendants(node.pid).items() if cmd.startswith("ray::IDLE")]
+            time.sleep(0.2)
+        assert len(early) == cpus  # one per CPU, before any driver joined
+        cluster.connect(address=None, import_roots=[], node=node)
+
+        @ray.remote(num_cpus=1)
+        def where() -> tuple[int, bool]:
+            return os.getpid(), "torch" in sys.modules
+
+        ran = ray.get([where.remote() for _ in range(4)])
+        assert {pid for pid, _ in ran} <= set(early)
+        assert all(imported for _, imported in ran)
+    finally:
+        cluster.shutdown()
+        node.stop()
 
 
 _DRIVER_THAT_WAITS = """

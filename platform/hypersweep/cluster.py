@@ -57,11 +57,11 @@ def connect(
 
     Locally the workers share this machine's files: they inherit ``import_roots`` on PYTHONPATH
     and ``worker_env`` from the node's processes, and import ``preload`` (the trial's modules:
-    torch, Ray Tune, the experiment) as soon as Ray prestarts them, while the driver is still
-    starting. ``node``, a ``LocalNode`` started earlier with the same settings, is used instead
-    of starting one. No runtime environment is set, because Ray gives an actor only a worker
-    whose runtime environment matches its own: with one, the prestarted workers sit idle and
-    every trial waits for a fresh process to import torch (seconds each).
+    torch, Ray Tune, the experiment) from the moment the node starts them, with itself, while
+    the driver is still starting. ``node``, a ``LocalNode`` started earlier with the same
+    settings, is used instead of starting one. No runtime environment is set, because Ray gives
+    an actor only a worker whose runtime environment matches its own: with one, the prestarted
+    workers sit idle and every trial waits for a fresh process to import torch (seconds each).
 
     A cluster's workers get the code itself through Ray's runtime environment: ``modules`` (the
     experiment's top-level package or module) and hypersweep are uploaded once as ``py_modules``
