@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -125,4 +126,8 @@ def test_run_with_bad_input_found_after_ray_started_leaves_no_ray_process(tmp_pa
     _no_trace(result)
     assert ": experiment: cannot import 'experiments.nope'" in result.stderr
     assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 1  # a killed process takes a moment to go (a node that kept
+    # starting would take seconds, then stop by itself: too late)
+    while _processes_with(f"HYPERSWEEP_TEST_MARK={mark}") and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _processes_with(f"HYPERSWEEP_TEST_MARK={mark}") == []

@@ -79,6 +79,9 @@ class LocalNode:
             stdout=subprocess.PIPE,
             stderr=errors,
             env=env,
+            # A session of its own: Ctrl-C at the terminal is the driver's alone, and a node
+            # stopped while it starts ends whole, the processes its raylet started included.
+            start_new_session=True,
         )
         return cls(process, errors)
 
@@ -98,16 +101,19 @@ class LocalNode:
     def stop(self) -> None:
         """End the node and every process it started (idempotent)."""
         if self._process.poll() is None:
-            # Its handler stops the node's processes. A node still starting (bad input found
-            # meanwhile) ends at once, not after its start: Linux ends its processes with it.
-            self._process.terminate()
+            if self._address is None:
+                # Still starting (bad input was found meanwhile): nothing to keep, no need to
+                # wait seconds for its start to finish first.
+                self._kill_group()
+            else:
+                self._process.terminate()  # its handler stops the node's processes, the Ray way
         if self._process.stdin is not None and not self._process.stdin.closed:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
         try:
             self._process.wait(timeout=_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self._process.kill()  # its processes end with it all the same
+            self._kill_group()
             self._process.wait()
         if self._process.stdout is not None:
             self._process.stdout.close()
@@ -117,9 +123,30 @@ class LocalNode:
     def pid(self) -> int:
         return self._process.pid
 
+    def _kill_group(self) -> None:
+        """SIGKILL to every process of the node's session (Ray's workers make process groups of
+        their own in it). Called only while the session's leader is not yet reaped, so its id
+        cannot have been reused."""
+        for pid in _session_members(self._process.pid) or [-self._process.pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)  # -pid: the leader's group, where /proc is missing
+
     def _complaints(self) -> str:
         self._errors.seek(0)
         return self._errors.read().decode(errors="replace")
+
+
+def _session_members(session: int) -> list[int]:
+    """Processes of a session, from /proc (empty where there is none)."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # after "pid (comm)": state, ppid, pgrp, session
+            members.append(int(entry.name))
+    return members
 
 
 def _local_system_config(preload: Sequence[str]) -> dict[str, Any]:
@@ -151,7 +178,7 @@ def _last_line(text: str) -> str:
 
 def main() -> NoReturn:
     system_config = json.loads(sys.argv[1])
-    # Ctrl-C reaches the whole process group: the driver handles it, then stops the node.
+    # Ctrl-C is the driver's to handle (it stops the node): never ours, even when run by hand.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     # The node's processes inherit our stdout: pointed elsewhere, they never hold (or fill) the
