@@ -49,19 +49,17 @@ def connect(
     address: str | None,
     import_roots: list[str],
     modules: Sequence[str] = (),
-    preload: Sequence[str] = (),
-    worker_env: Mapping[str, str] | None = None,
     node: LocalNode | None = None,
 ) -> ClusterInfo:
     """Start local Ray (address None) or join a running cluster.
 
-    Locally the workers share this machine's files: they inherit ``import_roots`` on PYTHONPATH
-    and ``worker_env`` from the node's processes, and import ``preload`` (the trial's modules:
-    torch, Ray Tune, the experiment) from the moment the node starts them, with itself, while
-    the driver is still starting. ``node``, a ``LocalNode`` started earlier with the same
-    settings, is used instead of starting one. No runtime environment is set, because Ray gives
-    an actor only a worker whose runtime environment matches its own: with one, the prestarted
-    workers sit idle and every trial waits for a fresh process to import torch (seconds each).
+    Locally the workers share this machine's files: ``node`` (``ray_node.sweep_node``, started
+    earlier; without one, a plain node on ``import_roots``) gives them the import roots on
+    PYTHONPATH, Tune's worker environment, and the trial's modules imported from the moment it
+    starts them, with itself, while the driver is still starting. No runtime environment is
+    set, because Ray gives an actor only a worker whose runtime environment matches its own:
+    with one, the prestarted workers sit idle and every trial waits for a fresh process to
+    import torch (seconds each).
 
     A cluster's workers get the code itself through Ray's runtime environment: ``modules`` (the
     experiment's top-level package or module) and hypersweep are uploaded once as ``py_modules``
@@ -74,7 +72,7 @@ def connect(
     )
     if address is None:
         global _NODE
-        _NODE = node or LocalNode.start(import_roots=import_roots, preload=preload, worker_env=worker_env)
+        _NODE = node or LocalNode.start(import_roots=import_roots)
         try:
             ray.init(**{**init, "address": _NODE.address()})
         except BaseException:
