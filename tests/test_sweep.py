@@ -5,11 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
+from hypersweep.config import load_sweep
+from hypersweep.tuning import _Sweep
 from tests.conftest import DEFAULT_SWEEP, hypersweep
 from tests.mlflow_store import read_sweep
 
@@ -154,3 +159,49 @@ def test_fifo_runs_two_trials_at_once_and_never_stops_early(tmp_path: Path) -> N
     spans = sorted((c.info.start_time, c.info.end_time) for c in stored.children)
     overlapping = any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     assert overlapping, f"trials never overlapped: {spans}"
+
+
+def test_sweeps_of_one_name_started_at_once_keep_apart(tmp_path: Path) -> None:
+    """Two sweeps of one name started in the same second, sharing storage and tracking store:
+    each has its own id, folder, manifest, journal and runs."""
+    uri = f"sqlite:///{tmp_path}/x.db"
+    args = [*("run", str(DEFAULT_SWEEP), "--num-samples", "3", "--max-epochs", "2"), "--scheduler", "fifo"]
+    args += ["--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: hypersweep(*args, cwd=tmp_path), range(2)))
+    assert [r.returncode for r in results] == [0, 0], [r.stdout + r.stderr for r in results]
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2
+    ids = {json.loads((f / "hypersweep.json").read_text())["sweep_id"] for f in folders}
+    assert ids == {f.name for f in folders}
+    assert all(re.fullmatch(r"breast-cancer-mlp-\d{8}-\d{6}-[0-9a-f]{4}", i) for i in ids)
+    client = MlflowClient(tracking_uri=uri)
+    parents = client.search_runs(
+        [client.get_experiment_by_name("breast-cancer-mlp").experiment_id],  # type: ignore[union-attr]
+        "tags.`hypersweep.role` = 'sweep'",
+    )
+    assert {p.data.tags["hypersweep.sweep_id"] for p in parents} == ids
+    for parent in parents:
+        children = client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+        # The sweep's journal (what resume reads) names this parent and these runs only.
+        folder = tmp_path / "runs" / parent.data.tags["hypersweep.sweep_id"]
+        journal = (folder / "hypersweep-tracking.jsonl").read_text()
+        entries = [json.loads(line) for line in journal.splitlines()]
+        assert {e["head"]["parent_run_id"] for e in entries if "head" in e} == {parent.info.run_id}
+        last = {e["trial"]: e["state"] for e in entries if "trial" in e}  # a trial's last line counts
+        assert {t["run_id"] for t in last.values()} == {c.info.run_id for c in children}
+
+
+def test_a_taken_sweep_folder_is_never_shared(tmp_path: Path) -> None:
+    spec = load_sweep(DEFAULT_SWEEP, [f"storage={tmp_path}"])
+    sweep = _Sweep.new(spec, roots=[], concurrent=1, address=None)
+    taken = sweep.folder
+    taken.mkdir()
+    (taken / "hypersweep.json").write_text("{}")
+    sweep._claim_folder()
+    assert sweep.folder != taken and sweep.folder.parent == taken.parent
+    assert sweep.folder.name == sweep.sweep_id and sweep.folder.is_dir()
+    assert not any(sweep.folder.iterdir()) and (taken / "hypersweep.json").read_text() == "{}"

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,10 @@ class SweepOutcome:
 
 
 def new_sweep_id(name: str) -> str:
-    return f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    """``<name>-<UTC time>-<4 hex>``. Sweeps of one name are often started together (a script,
+    a job array): the random part keeps their ids apart, also in a tracking store they share
+    while their storage differs (``hypersweep best`` finds a sweep by its id there)."""
+    return f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def storage_path(storage: str | None) -> str:
@@ -287,9 +291,9 @@ class _Sweep:
         )
 
     def run(self, progress: Progress | None) -> SweepOutcome:
-        recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
         if self.local:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self._claim_folder()
+        recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
         parent = recorder.start_sweep(
             name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
         )
@@ -304,6 +308,18 @@ class _Sweep:
             callbacks=[_TrackingCallback(self.sweep_id)],
         )
         return self._fit(tuner, recorder, parent, progress)
+
+    def _claim_folder(self) -> None:
+        """Make the sweep's folder, which must be new: two sweeps sharing one would write one
+        manifest, one tracking journal and one Tune state. Taken, the sweep draws another id."""
+        for _ in range(100):
+            try:
+                self.folder.mkdir(parents=True)
+                return
+            except FileExistsError:
+                self.sweep_id = new_sweep_id(self.spec.name)
+                self.folder = self.folder.with_name(self.sweep_id)
+        raise RuntimeError(f"no new sweep folder could be made next to {self.folder}")
 
     def resume(self, uri: str, progress: Progress | None) -> SweepOutcome:
         recorder = self._recorder(uri)
