@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
 
@@ -106,28 +107,55 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
-def test_run_with_bad_input_found_after_ray_started_leaves_no_ray_process(tmp_path: Path) -> None:
-    """`run` starts local Ray before it imports the experiment. An experiment that does not
-    import is still one line and exit 2, and the Ray it started is gone when the command ends."""
+def _run_marked(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """`hypersweep` in a subprocess whose every descendant carries a mark in its environment."""
     mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["HYPERSWEEP_TEST_MARK"] = mark
-    bad = "experiment=experiments.nope:M"
+    full = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full.update(env or {}, HYPERSWEEP_TEST_MARK=mark)
     result = subprocess.run(
-        [sys.executable, "-m", "hypersweep", "run", str(DEFAULT_SWEEP), "--set", bad],
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, "-m", "hypersweep", *args],
+        cwd=cwd,
+        env=full,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert result.returncode == 2
-    _no_trace(result)
-    assert ": experiment: cannot import 'experiments.nope'" in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    return result, mark
+
+
+def _assert_none_left(mark: str) -> None:
     deadline = time.monotonic() + 1  # a killed process takes a moment to go (a node that kept
     # starting would take seconds, then stop by itself: too late)
     while _processes_with(f"HYPERSWEEP_TEST_MARK={mark}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_with(f"HYPERSWEEP_TEST_MARK={mark}") == []
+
+
+def test_run_with_bad_input_found_after_ray_started_leaves_no_ray_process(tmp_path: Path) -> None:
+    """`run` starts local Ray before it imports the experiment. An experiment that does not
+    import is still one line and exit 2, and the Ray it started is gone when the command ends."""
+    bad = "experiment=experiments.nope:M"
+    result, mark = _run_marked("run", str(DEFAULT_SWEEP), "--set", bad, cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": experiment: cannot import 'experiments.nope'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    _assert_none_left(mark)
+
+
+def test_local_ray_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    """Ray's temp folder cannot be made (RAY_TMPDIR below a file): Ray's reason in one line,
+    exit 2, nothing written."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (tmp_path / "a-file").write_text("")
+    missing = tmp_path / "a-file" / "ray"
+    env = {"RAY_TMPDIR": str(missing)}
+    result, mark = _run_marked("run", str(DEFAULT_SWEEP), cwd=cwd, env=env)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert result.stderr.startswith("error: local Ray did not start: ")
+    assert str(missing) in result.stderr
+    assert list(cwd.iterdir()) == []
+    _assert_none_left(mark)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import hypersweep
+from hypersweep.errors import ConfigError
 
 if TYPE_CHECKING:
     from hypersweep.config import SweepSpec
@@ -86,7 +87,10 @@ class LocalNode:
         return cls(process, errors)
 
     def address(self) -> str:
-        """The node's GCS address, once it runs (RuntimeError if it failed to start)."""
+        """The node's GCS address, once it runs.
+
+        A node that cannot start (an unwritable Ray temp folder, a full disk) is ``ConfigError``:
+        one line naming Ray's own reason, exit 2, with the node's processes gone."""
         if self._address is None:
             assert self._process.stdout is not None
             ready, _, _ = select.select([self._process.stdout], [], [], _START_TIMEOUT_S)
@@ -94,7 +98,7 @@ class LocalNode:
             if not line:
                 reason = _last_line(self._complaints()) or f"no address within {_START_TIMEOUT_S:g} s"
                 self.stop()
-                raise RuntimeError(f"local Ray did not start: {reason}")
+                raise ConfigError("", "", f"local Ray did not start: {reason}")
             self._address = line
         return self._address
 

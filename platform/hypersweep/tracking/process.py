@@ -123,6 +123,8 @@ def _child(sock: socket.socket, uri: str) -> NoReturn:
         # sweep's end through this process.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _serve(Connection(sock.detach()), uri)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the driver closed its end without waiting for an answer: it gave up the sweep
     except BaseException:
         traceback.print_exc()
         code = 1
