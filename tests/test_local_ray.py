@@ -60,6 +60,8 @@ def test_the_local_node_runs_what_a_sweep_uses_and_shutdown_ends_all_of_it() -> 
         assert "gcs_server" in commands and "raylet" in commands
         # Neither monitor: nothing to scale, and the workers' output is not printed by the driver.
         assert "monitor.py" not in commands and "log_monitor" not in commands
+        # No API server (Ray's reduced dashboard, for `ray job` and `ray list`) either.
+        assert "dashboard/dashboard.py" not in commands
     finally:
         cluster.shutdown()
     assert not ray.is_initialized()
