@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 SWEEP ?= experiments/breast_cancer_mlp.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install sweep test lint bench clean
+.PHONY: install sweep test lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) hypersweep_runs mlruns mlartifacts mlflow.db

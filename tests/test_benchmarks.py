@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.gpu import Sample, parse_smi, utilisation
+from benchmarks.gpu import markdown as markdown_gpu
 from benchmarks.run import median_run
 from benchmarks.workloads import configs, is_close_config
 
@@ -55,3 +58,79 @@ def test_quick_benchmark_measures_every_contender(tmp_path: Path) -> None:
     assert runs["hypersweep"]["finished"] == 2 and runs["ray_tune_defaults"]["finished"] == 2
     assert data["summary"]["same configurations as ideal"] is True
     assert "| hypersweep |" in (tmp_path / "quick.md").read_text()
+
+
+def test_gpu_samples_average_over_the_sweep_and_peak_over_the_run() -> None:
+    report = ["37, 1200", " 41 , 800"]  # two GPUs: utilisation %, memory MiB
+    assert parse_smi(5.0, report) == Sample(5.0, 39.0, 2000.0)
+    assert parse_smi(5.0, ["[N/A], 3"]) is None and parse_smi(5.0, []) is None
+    samples = [Sample(0.5, 0.0, 100.0), *(Sample(1.0 + i, 10.0 * i, 500.0) for i in range(10))]
+    samples.append(Sample(20.0, 0.0, 9000.0))  # after the sweep: memory counts, utilisation not
+    found = utilisation(samples, 1.0, 10.0)
+    assert found["gpu_util_mean"] == 45.0 and found["gpu_util_p90"] == 80.0
+    assert found["gpu_memory_peak_mib"] == 9000.0 and found["samples"] == 10.0
+    assert utilisation([], 0.0, 1.0)["gpu_util_mean"] is None
+
+
+def test_gpu_table_compares_with_one_trial_per_gpu() -> None:
+    run = {
+        "finished": 16,
+        "sweep_s": 60.0,
+        "gpu_util_mean": 30.0,
+        "gpu_util_p90": 50.0,
+        "gpu_memory_peak_mib": None,
+    }
+    runs = [
+        {**run, "per_gpu": 0, "trials_per_hour": 500.0, "gpu_util_mean": None, "gpu_util_p90": None},
+        {**run, "per_gpu": 1, "trials_per_hour": 960.0, "gpu_memory_peak_mib": 900.0},
+        {**run, "per_gpu": 4, "trials_per_hour": 2880.0, "gpu_memory_peak_mib": None},
+    ]
+    data = {"device": "GPU", "gpus": 1, "trials": 16, "epochs": 10, "channels": 64, "runs": runs}
+    rows = [line for line in markdown_gpu(data).splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1].split(" | ")[3:5] == ["500", "0.52"] and "| n/a | n/a |" in rows[1]
+    assert rows[3].split(" | ")[3:5] == ["2880", "3.00"] and rows[3].endswith("| n/a |")
+
+
+def test_gpu_benchmark_without_a_cuda_device_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no device, on any machine
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: benchmarks.gpu: needs a CUDA device")
+    assert len(result.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_sweep_runs_the_cnn_on_the_cpus() -> None:
+    """The benchmark's own sweep (packing 0: no GPU), so that it still runs where GPUs are."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu",
+            "--one",
+            "0",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--channels",
+            "8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH "))
+    run = json.loads(line.removeprefix("BENCH "))
+    assert run["finished"] == 2 and run["per_gpu"] == 0 and run["cpu_fallbacks"] == 0
+    assert 0 < run["sweep_s"] < run["wall_s"]
