@@ -3,7 +3,8 @@
 ``python -m benchmarks.gpu [--trials 16] [--epochs 10] [--channels 64] [--packing 0,1,4]``
 
 The CNN experiment (experiments/digits_cnn.yaml) as users run it, FIFO and no early stopping so
-every trial trains every epoch, with ``gpus_per_trial`` 1/K for each K of ``--packing`` (K 0:
+every trial trains every epoch (unless its loss turns non-finite: the same configurations, so
+the same trials, for every K), with ``gpus_per_trial`` 1/K for each K of ``--packing`` (K 0:
 no GPU, a trial per CPU, for a small model the question before any other). Each
 sweep runs in a process of its own while ``nvidia-smi`` samples the GPUs every 200 ms; the
 utilisation is averaged over the sweep (start-up excluded), the memory is the peak.
@@ -117,6 +118,7 @@ def one_sweep(per_gpu: int, trials: int, epochs: int, channels: int) -> dict[str
             "scheduler.type=fifo",
             "search.type=random",
             "training.patience=null",
+            "training.divergence_factor=1e9",  # only a non-finite loss stops a trial early
             f"fixed.channels={channels}",
             f"resources.gpus_per_trial={1 / per_gpu if per_gpu else 0}",
             "resources.cpus_per_trial=1",
@@ -169,15 +171,17 @@ def markdown(data: dict[str, Any]) -> str:
         f"experiments/digits_cnn.yaml, channels {data['channels']}, {data['trials']} trials x "
         f"{data['epochs']} epochs, FIFO, no early stopping, {data['gpus']} GPU(s).",
         "",
-        "| trials per GPU (0: CPUs only) | trials finished | sweep (s) | trials/hour | vs 1 per GPU "
+        "| trials per GPU (0: CPUs only) | trials (completed) | sweep (s) | trials/hour | vs 1 per GPU "
         "| GPU util mean (%) | GPU util p90 (%) | GPU memory peak (MiB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
+        completed = run["statuses"].get("completed", 0)
         lines.append(
-            f"| {run['per_gpu']} | {run['finished']} | {run['sweep_s']:.1f} | {run['trials_per_hour']:.0f} "
-            f"| {run['trials_per_hour'] / base:.2f} | {_num(run['gpu_util_mean'])} "
-            f"| {_num(run['gpu_util_p90'])} | {_num(run['gpu_memory_peak_mib'])} |"
+            f"| {run['per_gpu']} | {run['finished']} ({completed}) | {run['sweep_s']:.1f} "
+            f"| {run['trials_per_hour']:.0f} | {run['trials_per_hour'] / base:.2f} "
+            f"| {_num(run['gpu_util_mean'])} | {_num(run['gpu_util_p90'])} "
+            f"| {_num(run['gpu_memory_peak_mib'])} |"
         )
     return "\n".join(lines) + "\n"
 

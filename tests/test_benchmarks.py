@@ -75,6 +75,7 @@ def test_gpu_samples_average_over_the_sweep_and_peak_over_the_run() -> None:
 def test_gpu_table_compares_with_one_trial_per_gpu() -> None:
     run = {
         "finished": 16,
+        "statuses": {"completed": 15, "diverged": 1},
         "sweep_s": 60.0,
         "gpu_util_mean": 30.0,
         "gpu_util_p90": 50.0,
@@ -87,7 +88,7 @@ def test_gpu_table_compares_with_one_trial_per_gpu() -> None:
     ]
     data = {"device": "GPU", "gpus": 1, "trials": 16, "epochs": 10, "channels": 64, "runs": runs}
     rows = [line for line in markdown_gpu(data).splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[1].split(" | ")[3:5] == ["500", "0.52"] and "| n/a | n/a |" in rows[1]
+    assert rows[1].split(" | ")[1:5] == ["16 (15)", "60.0", "500", "0.52"] and "| n/a | n/a |" in rows[1]
     assert rows[3].split(" | ")[3:5] == ["2880", "3.00"] and rows[3].endswith("| n/a |")
 
 
