@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from hypersweep.config import load_sweep
+from hypersweep.manifest import FORMAT, MANIFEST
 from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
 
 
@@ -158,4 +161,21 @@ def test_local_ray_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: local Ray did not start: ")
     assert str(missing) in result.stderr
     assert list(cwd.iterdir()) == []
+    _assert_none_left(mark)
+
+
+def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_path: Path) -> None:
+    """`resume` starts local Ray right after reading the manifest; a sweep Tune saved nothing
+    for is still one line and exit 2, with that Ray gone."""
+    folder = tmp_path / "runs" / "early-20260101-000000-abcd"
+    folder.mkdir(parents=True)
+    spec = load_sweep(DEFAULT_SWEEP).resolved()
+    manifest = {"format": FORMAT, "sweep_id": folder.name, "source": str(DEFAULT_SWEEP), "roots": []}
+    manifest |= {"address": None, "tracking_uri": f"sqlite:///{tmp_path}/m.db", "spec": spec}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    result, mark = _run_marked("resume", str(folder), cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert "Ray Tune saved no state for this sweep yet" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     _assert_none_left(mark)

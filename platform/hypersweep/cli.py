@@ -92,7 +92,7 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
     spec = _read(sweep_file, overrides, flags)
     # Local Ray takes seconds to start, and so do the imports of torch, Ray Tune and MLflow
     # here: its node starts first, in a process of its own, and both go on at once.
-    node = _local_node(spec) if address is None else None
+    node = _sweep_node(spec, None) if address is None else None
     try:
         from hypersweep.console import Progress
         from hypersweep.registry import check_experiment
@@ -111,11 +111,12 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
     _end(spec, outcome)
 
 
-def _local_node(spec: Any) -> Any:
+def _sweep_node(spec: Any, roots: list[str] | None) -> Any:
+    """The local node for ``spec``, started now; ``roots``: the import roots (None: the sweep file's)."""
     from hypersweep.config import import_roots
     from hypersweep.ray_node import sweep_node
 
-    return sweep_node(spec, import_roots(spec.source))
+    return sweep_node(spec, import_roots(spec.source) if roots is None else roots)
 
 
 @cli.command()
@@ -127,16 +128,26 @@ def _local_node(spec: Any) -> Any:
 @click.option("--address", help="Ray cluster address (default: the one the sweep used).")
 def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: str | None) -> None:
     """Finish an interrupted sweep: SWEEP is its folder or its sweep id."""
-    from hypersweep.console import Progress
-    from hypersweep.tuning import find_sweep, resume_sweep, spec_of
+    from hypersweep.manifest import read_manifest, spec_of
 
-    folder, manifest = find_sweep(sweep, storage=storage)  # refuse anything else before starting Ray
+    folder, manifest = read_manifest(sweep, storage=storage)  # refuse anything else before starting Ray
     spec = spec_of(manifest)
-    _out.print(f"resuming sweep {manifest['sweep_id']} in {folder}")
-    with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
-        outcome = resume_sweep(
-            folder, manifest, tracking_uri=tracking_uri, address=address, progress=progress
-        )
+    # As for `run`: local Ray starts while this process imports torch, Ray Tune and MLflow.
+    local = (address or manifest.get("address")) is None
+    node = _sweep_node(spec, list(manifest["roots"])) if local else None
+    try:
+        from hypersweep.console import Progress
+        from hypersweep.tuning import check_resumable, resume_sweep
+
+        check_resumable(folder)
+        _out.print(f"resuming sweep {manifest['sweep_id']} in {folder}")
+        with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
+            outcome = resume_sweep(
+                folder, manifest, tracking_uri=tracking_uri, address=address, progress=progress, node=node
+            )
+    finally:
+        if node is not None:
+            node.stop()  # the sweep has stopped it, unless it never started
     _end(spec, outcome)
 
 

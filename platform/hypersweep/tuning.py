@@ -28,9 +28,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
-from hypersweep.config import SweepSpec, build_spec, import_roots
+from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
+from hypersweep.manifest import FORMAT, MANIFEST, read_manifest, spec_of, storage_path
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.tracking import (
@@ -55,9 +56,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
 
 
-MANIFEST, TRACKING_STATE = "hypersweep.json", "hypersweep-tracking.jsonl"  # in the sweep's folder
+TRACKING_STATE = "hypersweep-tracking.jsonl"  # in the sweep's folder
 _EARLIER_TRACKING_STATE = "hypersweep-tracking.json"  # one JSON object, as earlier versions saved it
-_FORMAT = "hypersweep-sweep/1"
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,6 @@ def new_sweep_id(name: str) -> str:
     a job array): the random part keeps their ids apart, also in a tracking store they share
     while their storage differs (``hypersweep best`` finds a sweep by its id there)."""
     return f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def storage_path(storage: str | None) -> str:
-    """Where Tune keeps trial state and checkpoints: an absolute path or a URI (s3://...)."""
-    if storage and "://" in storage:
-        return storage
-    return str(Path(storage or "hypersweep_runs").resolve())
 
 
 def run_sweep(
@@ -129,18 +122,26 @@ def resume_sweep(
     tracking_uri: str | None = None,
     address: str | None = None,
     progress: Progress | None = None,
+    node: LocalNode | None = None,
 ) -> SweepOutcome:
     """Finish an interrupted sweep (``find_sweep`` gives folder and manifest): the same parent run,
     finished trials kept, the searcher's and scheduler's state restored, running trials reattached
-    to their runs and continued from their last checkpoint."""
+    to their runs and continued from their last checkpoint. ``node`` as for ``run_sweep``."""
     spec = spec_of(manifest)
     uri = tracking_uri or str(manifest["tracking_uri"])
-    if "***" in uri:
-        raise ConfigError(str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri")
     roots = list(manifest["roots"])
-    uri = resolve_tracking_uri(uri)
     address = address or manifest.get("address")
-    with _started(spec, roots, address, uri, None) as ready:
+    try:
+        if "***" in uri:
+            raise ConfigError(
+                str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri"
+            )
+        uri = resolve_tracking_uri(uri)
+    except BaseException:
+        if node is not None:
+            node.stop()
+        raise
+    with _started(spec, roots, address, uri, None, node) as ready:
         sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder, address)
         return sweep.use(ready).resume(uri, progress)
 
@@ -216,28 +217,17 @@ def _top_module(spec: SweepSpec) -> str:
     return spec.experiment.partition(":")[0].split(".")[0]
 
 
-def spec_of(manifest: Mapping[str, Any]) -> SweepSpec:
-    """The sweep as it was started (search space inlined), from its manifest."""
-    return build_spec(manifest["spec"], Path(manifest["source"]))
-
-
 def find_sweep(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any]]:
-    """The folder and manifest of a sweep given its folder or its id; ConfigError for anything else."""
-    candidates = [Path(ref), Path(storage_path(storage)) / ref]
-    folder = next((c for c in candidates if (c / MANIFEST).is_file()), None)
-    if folder is None:
-        if not any(c.exists() for c in candidates):
-            raise ConfigError(ref, "", "no such sweep (neither a folder nor a sweep id under the storage)")
-        raise ConfigError(ref, "", f"not a hypersweep sweep (no {MANIFEST})")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(folder / MANIFEST), "", f"unreadable: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
-        raise ConfigError(str(folder / MANIFEST), "format", "not a hypersweep sweep manifest")
-    if not tune.Tuner.can_restore(str(folder.resolve())):
+    """The folder and manifest of a sweep given its folder or its id, with Tune's state to resume
+    from; ConfigError for anything else."""
+    folder, manifest = read_manifest(ref, storage=storage)
+    check_resumable(folder)
+    return folder, manifest
+
+
+def check_resumable(folder: Path) -> None:
+    if not tune.Tuner.can_restore(str(folder)):
         raise ConfigError(str(folder), "", "Ray Tune saved no state for this sweep yet: nothing to resume")
-    return folder.resolve(), manifest
 
 
 # Live driver-side objects of the sweeps in this process. Tune pickles its callbacks with the
@@ -334,7 +324,7 @@ class _Sweep:
         data = self.spec.resolved()
         data["storage"] = str(self.folder.parent)
         manifest = {
-            "format": _FORMAT,
+            "format": FORMAT,
             "sweep_id": self.sweep_id,
             "source": str(self.spec.source.resolve()),
             "roots": self.roots,
