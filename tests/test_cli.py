@@ -170,7 +170,8 @@ def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_pat
     folder = tmp_path / "runs" / "early-20260101-000000-abcd"
     folder.mkdir(parents=True)
     spec = load_sweep(DEFAULT_SWEEP).resolved()
-    manifest = {"format": FORMAT, "sweep_id": folder.name, "source": str(DEFAULT_SWEEP), "roots": []}
+    manifest: dict[str, Any] = {"format": FORMAT, "sweep_id": folder.name, "roots": []}
+    manifest["source"] = str(DEFAULT_SWEEP)
     manifest |= {"address": None, "tracking_uri": f"sqlite:///{tmp_path}/m.db", "spec": spec}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     result, mark = _run_marked("resume", str(folder), cwd=tmp_path)
