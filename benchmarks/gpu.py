@@ -39,7 +39,7 @@ _SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,
 @dataclass(frozen=True)
 class Sample:
     at: float  # time.time() when read
-    utilization: float  # percent, mean over the machine's GPUs
+    utilization: float  # percent, mean over the machine's GPUs (those a sweep leaves idle too)
     memory_mib: float  # summed over the machine's GPUs
 
 
@@ -72,15 +72,17 @@ def utilisation(samples: Iterable[Sample], start: float, end: float) -> dict[str
 class Sampler:
     """``nvidia-smi`` in the background; a report is one line per GPU, every 200 ms."""
 
-    def __init__(self, gpus: int) -> None:
+    def __init__(self) -> None:
         self.samples: list[Sample] = []
-        self._gpus = gpus
+        self._gpus = 0
         self._proc: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Sampler:
         smi = shutil.which("nvidia-smi")
-        if smi is not None:  # without it the table says n/a; trials per hour are still measured
+        # Without nvidia-smi the table says n/a; trials per hour are still measured.
+        self._gpus = _gpu_count(smi) if smi is not None else 0
+        if smi is not None and self._gpus > 0:
             self._proc = subprocess.Popen([smi, *_SMI_QUERY], stdout=subprocess.PIPE, text=True)
             assert self._proc.stdout is not None
             self._thread = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
@@ -103,6 +105,18 @@ class Sampler:
             self._proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _gpu_count(smi: str) -> int:
+    """The machine's GPUs as nvidia-smi counts them: every one reports, whatever
+    CUDA_VISIBLE_DEVICES hides from torch. 0 if it cannot tell."""
+    found = subprocess.run(
+        [smi, "--query-gpu=count", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    try:
+        return int(found.stdout.split()[0]) if found.returncode == 0 else 0
+    except (IndexError, ValueError):
+        return 0
 
 
 def one_sweep(per_gpu: int, trials: int, epochs: int, channels: int) -> dict[str, Any]:
@@ -142,11 +156,11 @@ def one_sweep(per_gpu: int, trials: int, epochs: int, channels: int) -> dict[str
     }
 
 
-def measure(per_gpu: int, trials: int, epochs: int, channels: int, gpus: int) -> dict[str, Any]:
+def measure(per_gpu: int, trials: int, epochs: int, channels: int) -> dict[str, Any]:
     """One sweep in a fresh process, the GPUs sampled meanwhile."""
     command = [sys.executable, "-m", "benchmarks.gpu", "--one", str(per_gpu)]
     command += ["--trials", str(trials), "--epochs", str(epochs), "--channels", str(channels)]
-    with Sampler(gpus) as sampler:
+    with Sampler() as sampler:
         proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
@@ -213,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gpus = torch.cuda.device_count()
     packing = [int(k) for k in args.packing.split(",")]
     print(f"{args.trials} trials x {args.epochs} epochs on {gpus} GPU(s), {packing} per GPU", flush=True)
-    runs = [measure(k, args.trials, args.epochs, args.channels, gpus) for k in packing]
+    runs = [measure(k, args.trials, args.epochs, args.channels) for k in packing]
     data = {
         "device": torch.cuda.get_device_name(0),
         "host": platform.node(),

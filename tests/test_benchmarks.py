@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from benchmarks.gpu import Sample, parse_smi, utilisation
+from benchmarks.gpu import Sample, Sampler, parse_smi, utilisation
 from benchmarks.gpu import markdown as markdown_gpu
 from benchmarks.run import median_run
 from benchmarks.workloads import configs, is_close_config
@@ -135,3 +136,25 @@ def test_gpu_benchmark_sweep_runs_the_cnn_on_the_cpus() -> None:
     run = json.loads(line.removeprefix("BENCH "))
     assert run["finished"] == 2 and run["per_gpu"] == 0 and run["cpu_fallbacks"] == 0
     assert 0 < run["sweep_s"] < run["wall_s"]
+
+
+_FAKE_SMI = """#!/bin/sh
+case "$*" in
+  *count*) echo 2; echo 2 ;;
+  *) while true; do echo "30, 1000"; echo "50, 3000"; sleep 0.05; done ;;
+esac
+"""
+
+
+def test_gpu_sampler_reads_every_gpu_of_each_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampler against a stand-in nvidia-smi with two GPUs (this machine has none)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(_FAKE_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    started = time.time()
+    with Sampler() as sampler:
+        time.sleep(0.5)
+    assert len(sampler.samples) >= 3
+    assert {(s.utilization, s.memory_mib) for s in sampler.samples} == {(40.0, 4000.0)}
+    assert all(started <= s.at <= time.time() for s in sampler.samples)
