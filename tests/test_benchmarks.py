@@ -18,6 +18,21 @@ from benchmarks.workloads import configs, is_close_config
 from tests.conftest import ROOT
 
 
+def _module(
+    name: str, *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m name args`` from the project root, as the README runs the benchmarks."""
+    return subprocess.run(
+        [sys.executable, "-m", name, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_benchmark_configs_are_reproducible_and_flat() -> None:
     first, again = configs(5), configs(5)
     assert all(is_close_config(a, b) for a, b in zip(first, again, strict=True))
@@ -43,14 +58,7 @@ def test_rounds_are_reported_by_their_medians_and_worst_checks() -> None:
 
 @pytest.mark.slow
 def test_quick_benchmark_measures_every_contender(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = _module("benchmarks.run", "--quick", "--out", str(tmp_path), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "quick.json").read_text())
     runs = data["runs"]
@@ -94,15 +102,8 @@ def test_gpu_table_compares_with_one_trial_per_gpu() -> None:
 
 
 def test_gpu_benchmark_without_a_cuda_device_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no device, on any machine
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    no_device = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # on any machine
+    result = _module("benchmarks.gpu", "--out", str(tmp_path), timeout=300, env=no_device)
     assert result.returncode == 2
     assert result.stderr.startswith("error: benchmarks.gpu: needs a CUDA device")
     assert len(result.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
@@ -111,26 +112,8 @@ def test_gpu_benchmark_without_a_cuda_device_is_one_line_and_exit_2(tmp_path: Pa
 @pytest.mark.slow
 def test_gpu_benchmark_sweep_runs_the_cnn_on_the_cpus() -> None:
     """The benchmark's own sweep (packing 0: no GPU), so that it still runs where GPUs are."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu",
-            "--one",
-            "0",
-            "--trials",
-            "2",
-            "--epochs",
-            "1",
-            "--channels",
-            "8",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    args = ("--one", "0", "--trials", "2", "--epochs", "1", "--channels", "8")
+    result = _module("benchmarks.gpu", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH "))
     run = json.loads(line.removeprefix("BENCH "))
