@@ -62,7 +62,7 @@ def test_quick_benchmark_measures_every_contender(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "quick.json").read_text())
     runs = data["runs"]
-    for name in ("ideal", "hypersweep", "hypersweep_untracked", "ray_tune_defaults", "optuna_threads"):
+    for name in ("ideal", "hypersweep", "hypersweep_untracked_big", "ray_tune_defaults", "optuna_threads"):
         assert runs[name]["wall_s"] > 0
     assert runs["hypersweep"]["finished"] == 2 and runs["ray_tune_defaults"]["finished"] == 2
     assert data["summary"]["same configurations as ideal"] is True
