@@ -27,6 +27,7 @@ from tests.chaos_tools import (
     steps,
     stop_group,
 )
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
@@ -40,8 +41,8 @@ def _run(sweep: Path, tmp: Path, uri: str, *args: str) -> tuple[int, str, str]:
     return _wait(cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp / "runs"), *args))
 
 
-def _sweep_dir(tmp: Path) -> Path:
-    (folder,) = (tmp / "runs").iterdir()
+def _sweep_dir(tmp: Path, runs: str = "runs") -> Path:
+    (folder,) = (tmp / runs).iterdir()
     return folder
 
 
@@ -92,14 +93,14 @@ def _state(folder: Path) -> dict[str, Any]:
     return read_state(path) if path.is_file() else {"trials": {}}
 
 
-def _wait_until_mid_sweep(tmp: Path, proc, *, finished: int) -> None:
+def _wait_until_mid_sweep(tmp: Path, proc, *, finished: int, runs: str = "runs") -> None:
     """Until ``finished`` trials ended and another one has logged an epoch."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        runs = tmp / "runs"
-        if runs.is_dir() and any(runs.iterdir()):
-            trials = _state(_sweep_dir(tmp))["trials"].values()
+        folders = tmp / runs
+        if folders.is_dir() and any(folders.iterdir()):
+            trials = _state(_sweep_dir(tmp, runs))["trials"].values()
             done = sum(bool(t["run_status"]) for t in trials)
             busy = sum(not t["run_status"] and t["last_step"] >= 1 for t in trials)
             if done >= finished and busy >= 1:
@@ -108,13 +109,20 @@ def _wait_until_mid_sweep(tmp: Path, proc, *, finished: int) -> None:
     raise AssertionError("the sweep never got half way")
 
 
-@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c", "ctrl-c, storage URI"])
 def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -> None:
     sweep = chaos_sweep(tmp_path, samples=3, epochs=5, epoch_sleep=0.4)
     uri = f"sqlite:///{tmp_path}/x.db"
-    proc = cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
-    _wait_until_mid_sweep(tmp_path, proc, finished=1)
-    folder = _sweep_dir(tmp_path)
+    storage, runs, cwd, env = str(tmp_path / "runs"), "runs", ROOT, None
+    if how.endswith("URI"):
+        # Tune's state at a URI (file:// takes Ray's URI path, as s3:// would); the sweep's
+        # folder, for resume, in ./hypersweep_runs of the working directory.
+        storage, runs = f"file://{tmp_path}/store", "hypersweep_runs"
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        cwd, env = tmp_path, {"PYTHONPATH": path}
+    proc = cli("run", str(sweep), "--tracking-uri", uri, "--storage", storage, cwd=cwd, env=env)
+    _wait_until_mid_sweep(tmp_path, proc, finished=1, runs=runs)
+    folder = _sweep_dir(tmp_path, runs)
     finished_before = [t["config"]["lr"] for t in _state(folder)["trials"].values() if t["run_status"]]
     if how == "sigkill":
         tree = descendants(proc.pid)
@@ -131,9 +139,13 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
         assert f"hypersweep resume {folder}" in err.splitlines()[-1]
         interrupted = counts(uri)
         assert interrupted.running == 0  # parent and unfinished children are KILLED, not RUNNING
-        ref, resume_args = folder.name, ("--storage", str(tmp_path / "runs"))
-    rc, out, err = _wait(cli("resume", ref, *resume_args))
+        ref, resume_args = folder.name, ("--storage", storage)
+    rc, out, err = _wait(cli("resume", ref, *resume_args, cwd=cwd, env=env))
     assert rc == 0, out + err
+    if how.endswith("URI"):
+        assert (tmp_path / "store" / folder.name / "tuner.pkl").is_file()
+        assert sorted(p.name for p in folder.iterdir()) == [TRACKING_STATE, "hypersweep.json"]
+        assert not (tmp_path / "file:").exists()
     ledger = counts(uri)
     assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
     assert ledger.statuses == {"completed": 3}

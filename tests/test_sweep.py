@@ -14,6 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hypersweep.config import load_sweep
+from hypersweep.errors import ConfigError
+from hypersweep.manifest import read_manifest, trials_of
 from hypersweep.tuning import _Sweep
 from tests.conftest import DEFAULT_SWEEP, hypersweep
 from tests.mlflow_store import read_sweep
@@ -205,3 +207,30 @@ def test_a_taken_sweep_folder_is_never_shared(tmp_path: Path) -> None:
     assert sweep.folder != taken and sweep.folder.parent == taken.parent
     assert sweep.folder.name == sweep.sweep_id and sweep.folder.is_dir()
     assert not any(sweep.folder.iterdir()) and (taken / "hypersweep.json").read_text() == "{}"
+
+
+def test_a_sweep_on_a_storage_uri_keeps_its_folder_on_this_disk(tmp_path: Path, monkeypatch) -> None:
+    """Tune's state goes to the URI; the manifest and journal, which resume reads, stay here."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(DEFAULT_SWEEP, ["storage=s3://bucket/runs/"])
+    sweep = _Sweep.new(spec, roots=[], concurrent=1, address=None)
+    assert sweep.trials == f"s3://bucket/runs/{sweep.sweep_id}"  # not Path's "s3:/bucket/runs"
+    assert sweep.folder == tmp_path / "hypersweep_runs" / sweep.sweep_id
+    sweep._claim_folder()
+    sweep._write_manifest("sqlite:///mlflow.db")
+    folder, manifest = read_manifest(sweep.sweep_id, storage="s3://bucket/runs")
+    assert folder == sweep.folder and read_manifest(sweep.sweep_id, storage=None)[0] == folder
+    assert trials_of(folder, manifest) == sweep.trials
+    assert manifest["spec"]["storage"] == "s3://bucket/runs/"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hypersweep_runs"]  # no "s3:" folder
+
+
+def test_resume_takes_storage_credentials_again_and_old_manifests_still_resume(tmp_path: Path) -> None:
+    folder = tmp_path / "sweep-1"
+    secret = {"sweep_id": "sweep-1", "trials": "s3://***@bucket/runs/sweep-1"}
+    with pytest.raises(ConfigError, match="pass --storage URI"):
+        trials_of(folder, secret)
+    given = trials_of(folder, secret, "s3://key:pw@bucket/runs")
+    assert given == "s3://key:pw@bucket/runs/sweep-1"
+    assert trials_of(folder, {"sweep_id": "sweep-1"}) == str(folder)  # written before "trials"
+    assert trials_of(folder, {"sweep_id": "sweep-1"}, str(tmp_path)) == str(folder)

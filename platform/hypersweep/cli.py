@@ -122,15 +122,18 @@ def _sweep_node(spec: Any, roots: list[str] | None) -> Any:
 @cli.command()
 @click.argument("sweep")
 @click.option(
-    "--storage", help="Where the sweep's folder lies when SWEEP is an id (default ./hypersweep_runs)."
+    "--storage",
+    help="The sweep's --storage when SWEEP is an id (default ./hypersweep_runs); a storage URI"
+    " also gives back credentials the sweep's manifest left out.",
 )
 @click.option("--tracking-uri", help="MLflow tracking URI (default: the one the sweep used).")
 @click.option("--address", help="Ray cluster address (default: the one the sweep used).")
 def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: str | None) -> None:
     """Finish an interrupted sweep: SWEEP is its folder or its sweep id."""
-    from hypersweep.manifest import read_manifest, spec_of
+    from hypersweep.manifest import read_manifest, spec_of, trials_of
 
     folder, manifest = read_manifest(sweep, storage=storage)  # refuse anything else before starting Ray
+    trials = trials_of(folder, manifest, storage)
     spec = spec_of(manifest)
     # As for `run`: local Ray starts while this process imports torch, Ray Tune and MLflow.
     local = (address or manifest.get("address")) is None
@@ -139,11 +142,17 @@ def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: s
         from hypersweep.console import Progress
         from hypersweep.tuning import check_resumable, resume_sweep
 
-        check_resumable(folder)
+        check_resumable(trials)
         _out.print(f"resuming sweep {manifest['sweep_id']} in {folder}")
         with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
             outcome = resume_sweep(
-                folder, manifest, tracking_uri=tracking_uri, address=address, progress=progress, node=node
+                folder,
+                manifest,
+                tracking_uri=tracking_uri,
+                address=address,
+                progress=progress,
+                node=node,
+                storage=storage,
             )
     finally:
         if node is not None:
@@ -156,7 +165,7 @@ def _end(spec: Any, outcome: Any) -> None:
     if outcome.interrupted:
         click.echo(
             f"interrupted: {sum(outcome.statuses.values())}/{spec.num_samples} trials finished; "
-            f"continue with: hypersweep resume {outcome.storage_path}",
+            f"continue with: hypersweep resume {outcome.folder}",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
@@ -164,8 +173,8 @@ def _end(spec: Any, outcome: Any) -> None:
     if outcome.unsent:
         click.echo(
             f"warning: the tracking server did not answer ({outcome.tracking_error}); "
-            f"{outcome.unsent} writes are kept in {outcome.storage_path}: "
-            f"send them with: hypersweep resume {outcome.storage_path}",
+            f"{outcome.unsent} writes are kept in {outcome.folder}: "
+            f"send them with: hypersweep resume {outcome.folder}",
             err=True,
         )
     sys.exit(EXIT_FAILED if outcome.failed else EXIT_OK)

@@ -18,16 +18,53 @@ MANIFEST = "hypersweep.json"  # in the sweep's folder
 FORMAT = "hypersweep-sweep/1"
 
 
+LOCAL_ROOT = "hypersweep_runs"  # in the working directory: the default storage
+
+
+def is_uri(storage: str | None) -> bool:
+    return bool(storage) and "://" in str(storage)
+
+
 def storage_path(storage: str | None) -> str:
     """Where Tune keeps trial state and checkpoints: an absolute path or a URI (s3://...)."""
-    if storage and "://" in storage:
+    if storage and is_uri(storage):
         return storage
-    return str(Path(storage or "hypersweep_runs").resolve())
+    return str(Path(storage or LOCAL_ROOT).resolve())
+
+
+def sweep_folder(storage: str | None, sweep_id: str) -> Path:
+    """The sweep's own folder, always on this machine's disk: its manifest and tracking journal,
+    and with a storage path also Tune's state. With a storage URI (s3://...) Tune's state lives
+    there and this folder is ``./hypersweep_runs/<sweep id>``: a sweep whose checkpoints are in a
+    bucket is still resumed from here. (``Path`` would also fold ``s3://b/x`` into ``s3:/b/x``.)"""
+    return Path(storage_path(None if is_uri(storage) else storage)) / sweep_id
+
+
+def trials_location(storage: str | None, sweep_id: str) -> str:
+    """Where Tune keeps this sweep's trial state and checkpoints: ``<storage>/<sweep id>``."""
+    if storage and is_uri(storage):
+        return f"{storage.rstrip('/')}/{sweep_id}"
+    return str(Path(storage_path(storage)) / sweep_id)
+
+
+def trials_of(folder: Path, manifest: Mapping[str, Any], storage: str | None = None) -> str:
+    """Where a sweep's Tune state is. A storage URI given again (``resume --storage``) wins: the
+    manifest keeps URIs without their credentials. Manifests from before sweeps on URIs have no
+    ``trials``: their folder held both."""
+    if storage and is_uri(storage):
+        return trials_location(storage, str(manifest["sweep_id"]))
+    trials = str(manifest.get("trials") or folder)
+    if "***" in trials:
+        raise ConfigError(
+            str(folder / MANIFEST), "trials", "its storage credentials were not stored: pass --storage URI"
+        )
+    return trials
 
 
 def read_manifest(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any]]:
     """The folder and manifest of a sweep given its folder or its id; ConfigError for anything else."""
-    candidates = [Path(ref), Path(storage_path(storage)) / ref]
+    # A sweep id is looked up where its folder is made (see sweep_folder).
+    candidates = [Path(ref), sweep_folder(storage, ref)]
     folder = next((c for c in candidates if (c / MANIFEST).is_file()), None)
     if folder is None:
         if not any(c.exists() for c in candidates):

@@ -31,7 +31,16 @@ from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError
-from hypersweep.manifest import FORMAT, MANIFEST, read_manifest, spec_of, storage_path
+from hypersweep.manifest import (
+    FORMAT,
+    MANIFEST,
+    read_manifest,
+    spec_of,
+    storage_path,
+    sweep_folder,
+    trials_location,
+    trials_of,
+)
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.tracking import (
@@ -65,13 +74,14 @@ class SweepOutcome:
     sweep_id: str
     parent_run_id: str
     tracking_uri: str
-    storage_path: str
+    storage_path: str  # Tune's trial state and checkpoints: a folder or a URI
+    folder: str  # the sweep's folder on this machine: manifest and tracking journal
     best: BestTrial | None
     statuses: dict[str, int]
     wall_seconds: float
     trial_seconds: float  # sum of the trials' own running times
-    interrupted: bool = False  # Ctrl-C: resumable with `hypersweep resume storage_path`
-    unsent: int = 0  # tracking writes kept in storage_path because the server never came back
+    interrupted: bool = False  # Ctrl-C: resumable with `hypersweep resume folder`
+    unsent: int = 0  # tracking writes kept in folder because the server never came back
     tracking_error: str = ""
     cpu_fallbacks: int = 0  # trials that asked for a GPU and trained on the CPU
     first_error: str = ""  # the first failed trial's error, for the summary
@@ -123,6 +133,7 @@ def resume_sweep(
     address: str | None = None,
     progress: Progress | None = None,
     node: LocalNode | None = None,
+    storage: str | None = None,
 ) -> SweepOutcome:
     """Finish an interrupted sweep (``find_sweep`` gives folder and manifest): the same parent run,
     finished trials kept, the searcher's and scheduler's state restored, running trials reattached
@@ -132,6 +143,7 @@ def resume_sweep(
     roots = list(manifest["roots"])
     address = address or manifest.get("address")
     try:
+        trials = trials_of(folder, manifest, storage)
         if "***" in uri:
             raise ConfigError(
                 str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri"
@@ -142,7 +154,7 @@ def resume_sweep(
             node.stop()
         raise
     with _started(spec, roots, address, uri, None, node) as ready:
-        sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder, address)
+        sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder, address, trials)
         return sweep.use(ready).resume(uri, progress)
 
 
@@ -221,13 +233,14 @@ def find_sweep(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any]]:
     """The folder and manifest of a sweep given its folder or its id, with Tune's state to resume
     from; ConfigError for anything else."""
     folder, manifest = read_manifest(ref, storage=storage)
-    check_resumable(folder)
+    check_resumable(trials_of(folder, manifest, storage))
     return folder, manifest
 
 
-def check_resumable(folder: Path) -> None:
-    if not tune.Tuner.can_restore(str(folder)):
-        raise ConfigError(str(folder), "", "Ray Tune saved no state for this sweep yet: nothing to resume")
+def check_resumable(trials: str) -> None:
+    """``trials``: where the sweep's Tune state is (``manifest.trials_of``)."""
+    if not tune.Tuner.can_restore(trials):
+        raise ConfigError(trials, "", "Ray Tune saved no state for this sweep yet: nothing to resume")
 
 
 # Live driver-side objects of the sweeps in this process. Tune pickles its callbacks with the
@@ -236,7 +249,8 @@ _LIVE: dict[str, tuple[SweepRecorder, Progress | None]] = {}
 
 
 class _Sweep:
-    """One sweep's driver: the Tuner, its recorder and its folder (manifest + tracking state)."""
+    """One sweep's driver: the Tuner, its recorder, its folder (manifest + tracking state) and
+    where Tune keeps its trials (``trials``: the same folder, or a storage URI)."""
 
     def __init__(
         self,
@@ -246,31 +260,29 @@ class _Sweep:
         sweep_id: str,
         folder: Path,
         address: str | None = None,
+        trials: str | None = None,
     ) -> None:
         self.spec, self.roots, self.concurrent = spec, roots, concurrent
         self.sweep_id, self.folder, self.address = sweep_id, folder, address
+        self.trials = trials or str(folder)
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
         self.data: Any = None  # ObjectRef of the sweep's data, for every trial
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
         sweep_id = new_sweep_id(spec.name)
-        folder = Path(storage_path(spec.storage)) / sweep_id
-        return cls(spec, roots, concurrent, sweep_id, folder, address)
+        folder, trials = sweep_folder(spec.storage, sweep_id), trials_location(spec.storage, sweep_id)
+        return cls(spec, roots, concurrent, sweep_id, folder, address, trials)
 
     def use(self, ready: _Ready) -> _Sweep:
         """Take what ``_started`` made ready: the tracking client and the data."""
         self.tracking_client, self.data = ready.client, ready.data
         return self
 
-    @property
-    def local(self) -> bool:
-        return "://" not in str(self.folder)  # resume needs the manifest on a local disk
-
     def _recorder(self, uri: str) -> SweepRecorder:
-        state = self.folder / TRACKING_STATE if self.local else None
+        state = self.folder / TRACKING_STATE
         earlier = self.folder / _EARLIER_TRACKING_STATE
-        if state is not None and earlier.is_file() and not state.exists():
+        if earlier.is_file() and not state.exists():
             earlier.rename(state)  # the journal reads the earlier format and appends to it
         return SweepRecorder(
             tracking_uri=uri,
@@ -281,14 +293,12 @@ class _Sweep:
         )
 
     def run(self, progress: Progress | None) -> SweepOutcome:
-        if self.local:
-            self._claim_folder()
+        self._claim_folder()
         recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
         parent = recorder.start_sweep(
             name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
         )
-        if self.local:
-            self._write_manifest(recorder.tracking_uri)
+        self._write_manifest(recorder.tracking_uri)
         tuner = build_tuner(
             self.spec,
             roots=self.roots,
@@ -308,7 +318,8 @@ class _Sweep:
                 return
             except FileExistsError:
                 self.sweep_id = new_sweep_id(self.spec.name)
-                self.folder = self.folder.with_name(self.sweep_id)
+                self.folder = sweep_folder(self.spec.storage, self.sweep_id)
+                self.trials = trials_location(self.spec.storage, self.sweep_id)
         raise RuntimeError(f"no new sweep folder could be made next to {self.folder}")
 
     def resume(self, uri: str, progress: Progress | None) -> SweepOutcome:
@@ -317,18 +328,19 @@ class _Sweep:
         if progress is not None:
             progress.finished.update(recorder.statuses())
         trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
-        tuner = tune.Tuner.restore(str(self.folder), trainable=trainable)
+        tuner = tune.Tuner.restore(self.trials, trainable=trainable)
         return self._fit(tuner, recorder, recorder.parent_run_id, progress)
 
     def _write_manifest(self, tracking_uri: str) -> None:
         data = self.spec.resolved()
-        data["storage"] = str(self.folder.parent)
+        data["storage"] = storage_path(self.spec.storage)
         manifest = {
             "format": FORMAT,
             "sweep_id": self.sweep_id,
             "source": str(self.spec.source.resolve()),
             "roots": self.roots,
             "address": self.address,
+            "trials": redact(self.trials),
             "tracking_uri": redact(tracking_uri),
             "spec": redact_settings(data),
         }
@@ -366,7 +378,8 @@ class _Sweep:
             sweep_id=self.sweep_id,
             parent_run_id=parent,
             tracking_uri=redact(recorder.tracking_uri),
-            storage_path=str(self.folder),
+            storage_path=redact(self.trials),
+            folder=str(self.folder),
             best=best,
             statuses=recorder.statuses(),
             wall_seconds=time.monotonic() - started,
