@@ -122,6 +122,40 @@ def test_early_stopping_stops_when_validation_loss_rises() -> None:
     assert min(losses[-3:]) >= min(losses)  # the last `patience` epochs never improved
 
 
+class _EveryEpoch(ListReporter):
+    """Keeps every epoch's state (weights and the best weights so far)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[TrainerState] = []
+
+    def report(self, metrics: dict[str, Any], state: Callable[[], TrainerState], artifacts=None) -> None:
+        super().report(metrics, state, artifacts)
+        self.states.append(state())
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("val_loss", "min"), ("train_loss", "min"), ("val_loss", "max")])
+def test_the_best_weights_are_those_of_the_best_epoch_by_the_sweeps_metric(metric: str, mode: str) -> None:
+    # val_loss rises as the fit improves (val_shift) while train_loss falls: the best epochs differ.
+    _, reporter = _fit(
+        {"optimizer": "adam", "lr": 0.01, "batch_size": 16},
+        _EveryEpoch(),
+        max_epochs=8,
+        patience=None,
+        val_shift=1.0,
+        divergence_factor=1e9,
+        metric=metric,
+        mode=mode,
+    )
+    values = [r[metric] for r in reporter.results]
+    best = values.index(min(values) if mode == "min" else max(values))
+    assert len(set(values)) == len(values)
+    final = reporter.states[-1]
+    assert final.best_score == values[best]
+    kept = reporter.states[best].model
+    assert all(torch.equal(final.best_model[k], kept[k]) for k in kept)
+
+
 class _DtypeProbe(ToyRegression):
     """Records the dtype of every forward output: bfloat16 under CPU autocast, else float32."""
 

@@ -97,6 +97,10 @@ class TrainSettings:
     grad_clip_norm: float | None = None
     device: str = "cpu"
     amp: bool = False  # mixed precision, see ``_Precision``
+    # What "best" means for the weights a trial keeps: the sweep's metric. Early stopping
+    # (patience) watches val_loss whatever the metric.
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
 
 
 @dataclass
@@ -107,6 +111,7 @@ class TrainerState:
     initial_loss: float = math.nan  # untrained model's val_loss: the divergence reference
     best_val_loss: float = math.inf
     bad_epochs: int = 0
+    best_score: float = math.nan  # best value of the sweep's metric so far; best_model's
     best_model: dict[str, Tensor] = field(default_factory=dict)
     model: dict[str, Tensor] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
@@ -283,14 +288,24 @@ class _Loop:
         limit = self.settings.divergence_factor * max(abs(self.state.initial_loss), 1e-8)
         if not (math.isfinite(val) and math.isfinite(train)) or max(val, train) > limit:
             return "diverged"
+        self._keep_if_best(metrics.get(self.settings.metric))
         if val < self.state.best_val_loss - self.settings.min_delta:
             self.state.best_val_loss = val
             self.state.bad_epochs = 0
-            self.state.best_model = _cpu_copy(self.model.state_dict())
             return None
         self.state.bad_epochs += 1
         patience = self.settings.patience
         return "patience" if patience is not None and self.state.bad_epochs >= patience else None
+
+    def _keep_if_best(self, value: Any) -> None:
+        """Keep this epoch's weights if it scores best so far on the sweep's metric: the weights
+        saved as the trial's model.pt and given to the experiment's artifacts."""
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return
+        best = self.state.best_score
+        if math.isnan(best) or (value < best if self.settings.mode == "min" else value > best):
+            self.state.best_score = float(value)
+            self.state.best_model = _cpu_copy(self.model.state_dict())
 
     def _snapshot(self) -> TrainerState:
         snap = copy.copy(self.state)

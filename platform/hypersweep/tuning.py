@@ -490,6 +490,8 @@ def _trainable_of(
             divergence_factor=spec.training.divergence_factor,
             grad_clip_norm=spec.training.grad_clip_norm,
             amp=spec.training.amp,
+            metric=spec.metric,
+            mode=spec.mode,
         ),
         threads=max(1, int(spec.resources.cpus_per_trial)),
         gpus=spec.resources.gpus_per_trial,
