@@ -134,7 +134,9 @@ class _EveryEpoch(ListReporter):
         self.states.append(state())
 
 
-@pytest.mark.parametrize(("metric", "mode"), [("val_loss", "min"), ("train_loss", "min"), ("val_loss", "max")])
+@pytest.mark.parametrize(
+    ("metric", "mode"), [("val_loss", "min"), ("train_loss", "min"), ("val_loss", "max")]
+)
 def test_the_best_weights_are_those_of_the_best_epoch_by_the_sweeps_metric(metric: str, mode: str) -> None:
     # val_loss rises as the fit improves (val_shift) while train_loss falls: the best epochs differ.
     _, reporter = _fit(
