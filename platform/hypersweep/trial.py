@@ -131,12 +131,12 @@ class _TuneReporter:
         state: Callable[[], TrainerState],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        self._pending.append(self._scored(metrics))
+        self._pending.append(dict(metrics))  # as measured: what MLflow logs
         now = time.monotonic()
         decisive = "stop_reason" in metrics or metrics["epoch"] in self.job.decision_epochs
         if not decisive and now - self._last_report < self.job.report_every_s:
             return
-        result = {**self._pending[-1], **self.where, HISTORY: self._pending}
+        result = {**self._scored(self._pending[-1]), **self.where, HISTORY: self._pending}
         if "stop_reason" in metrics:
             # The trial's last report. Marked done, Tune stops the trial on it; otherwise it
             # would ask the worker for one more result, only to learn that the function returned:
@@ -158,7 +158,8 @@ class _TuneReporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
     def _scored(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The searcher and ASHA must see a diverged trial as the worst possible outcome."""
+        """The searcher and ASHA must see a diverged trial as the worst possible outcome (the
+        history keeps its measured values, for MLflow)."""
         value = metrics.get(self.job.metric)
         if metrics.get("stop_reason") == "diverged" or not isinstance(value, int | float):
             return {**metrics, self.job.metric: math.inf if self.job.mode == "min" else -math.inf}
