@@ -67,6 +67,37 @@ def test_each_bad_input_is_one_line_exit_2_nothing_written(
     assert after == [p for p in before if "__pycache__" not in str(p)]  # no db, no runs folder
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "where"),
+    [
+        ("--storage", "a-file/runs", ": storage: no sweep folder can be made in "),
+        ("--tracking-uri", "sqlite:///a-file/x.db", ": tracking_uri: no SQLite store can be made at "),
+        ("--tracking-uri", "sqlite:///a-folder", ": tracking_uri: no SQLite store can be made at "),
+    ],
+)
+def test_a_path_that_cannot_be_made_is_one_line_before_anything_starts(
+    tmp_path: Path, flag: str, value: str, where: str, monkeypatch, capsys
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path}/x.db"] if flag == "--storage" else []
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(DEFAULT_SWEEP), flag, value, *uri])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert where in err and ("is a file, not a folder" in err or "is a folder" in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder"]
+
+
+def test_best_with_a_store_it_cannot_read_is_one_line(tmp_path: Path) -> None:
+    for uri, why in [("http://127.0.0.1:1", "no MLflow server answers"), ("bogus://x", "unsupported URI")]:
+        result = hypersweep("best", "some-sweep", "--tracking-uri", uri, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("error: tracking_uri: ") and why in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_sweep_file_and_unknown_flag(tmp_path: Path) -> None:
     missing = hypersweep("run", "absent.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip() == "error: absent.yaml: file not found"

@@ -164,6 +164,18 @@ def test_local_ray_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     _assert_none_left(mark)
 
 
+def test_a_tracking_store_mlflow_cannot_open_is_one_line(tmp_path: Path) -> None:
+    """Found only when the writer process opens the store, after Ray started: MLflow's reason in
+    one line, exit 2, nothing written, nothing left running."""
+    result, mark = _run_marked("run", str(DEFAULT_SWEEP), "--tracking-uri", "bogus://x", cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": tracking_uri: MLflow cannot open bogus://x: " in result.stderr
+    assert "unsupported URI 'bogus://x'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    _assert_none_left(mark)
+
+
 def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_path: Path) -> None:
     """`resume` starts local Ray right after reading the manifest; a sweep Tune saved nothing
     for is still one line and exit 2, with that Ray gone."""

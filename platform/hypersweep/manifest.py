@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hypersweep.config import SweepSpec, build_spec
-from hypersweep.errors import ConfigError
+from hypersweep.errors import ConfigError, folder_problem
 
 MANIFEST = "hypersweep.json"  # in the sweep's folder
 FORMAT = "hypersweep-sweep/1"
@@ -30,6 +30,14 @@ def storage_path(storage: str | None) -> str:
     if storage and is_uri(storage):
         return storage
     return str(Path(storage or LOCAL_ROOT).resolve())
+
+
+def check_storage_path(storage: str | None, *, source: str) -> None:
+    """The sweep's folder can be made where it goes (not below a file, not in a read-only folder)."""
+    root = Path(storage_path(None if is_uri(storage) else storage))
+    problem = folder_problem(root)
+    if problem is not None:
+        raise ConfigError(source, "storage", f"no sweep folder can be made in {root}: {problem}")
 
 
 def sweep_folder(storage: str | None, sweep_id: str) -> Path:

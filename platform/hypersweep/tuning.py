@@ -30,10 +30,11 @@ from ray.tune.search.optuna import OptunaSearch
 from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
-from hypersweep.errors import ConfigError
+from hypersweep.errors import ConfigError, first_line
 from hypersweep.manifest import (
     FORMAT,
     MANIFEST,
+    check_storage_path,
     read_manifest,
     spec_of,
     storage_path,
@@ -117,6 +118,7 @@ def run_sweep(
         resolve_experiment(spec.experiment, roots, source=str(spec.source))
         uri = resolve_tracking_uri(spec.tracking_uri)
         check_tracking_uri(uri, source=str(spec.source))
+        check_storage_path(spec.storage, source=str(spec.source))
     except BaseException:
         if node is not None:
             node.stop()
@@ -202,7 +204,7 @@ def _started(
             cluster.check_resources(spec.resources, info, source=source)
             cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
             if store is not None:
-                store.ready()
+                _open_store(store, uri, source)
             concurrent = cluster.concurrency(spec.resources, info)
             ready = _Ready(concurrent, ray.put(data.result()), client or store)
         except BaseException:
@@ -222,6 +224,17 @@ def _started(
         if store is not None:
             store.close()
         cluster.shutdown()
+
+
+def _open_store(store: ProcessClient, uri: str, source: str) -> None:
+    """Wait for the writer process to open the store; a store MLflow cannot open (an unknown
+    scheme, a folder store, a database it cannot migrate) is bad input: one line."""
+    try:
+        store.ready()
+    except Exception as exc:
+        raise ConfigError(
+            source, "tracking_uri", f"MLflow cannot open {redact(uri)}: {first_line(exc)}"
+        ) from None
 
 
 def _top_module(spec: SweepSpec) -> str:

@@ -44,7 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from hypersweep.errors import ConfigError
+from hypersweep.errors import ConfigError, first_line, folder_problem
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
 
@@ -104,7 +104,13 @@ _NOT_METRICS = {
 
 
 def check_tracking_uri(uri: str, *, source: str) -> None:
-    """An MLflow server must answer now, within seconds, before any run is created."""
+    """A SQLite store's file can be made; an MLflow server must answer now, within seconds.
+    Both before any run is created (other stores are checked when the sweep opens them)."""
+    path = sqlite_path(uri)
+    if path is not None and path.name != ":memory:":
+        problem = f"{path} is a folder" if path.is_dir() else folder_problem(path.parent)
+        if problem is not None:
+            raise ConfigError(source, "tracking_uri", f"no SQLite store can be made at {path}: {problem}")
     if not uri.startswith(("http://", "https://")):
         return
     url = uri.rstrip("/") + "/health"
@@ -684,7 +690,14 @@ class SweepSummary:
 def find_best(ref: str, *, tracking_uri: str) -> SweepSummary:
     """The best trial of a sweep, by sweep id or (latest sweep of) sweep name."""
     _require_existing_store(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    check_tracking_uri(tracking_uri, source="")
+    try:
+        return _best_of(ref, MlflowClient(tracking_uri=tracking_uri), tracking_uri)
+    except MlflowException as exc:  # an unknown scheme, a store MLflow cannot read
+        raise ConfigError("", "tracking_uri", f"{redact(tracking_uri)}: {first_line(exc)}") from None
+
+
+def _best_of(ref: str, client: MlflowClient, tracking_uri: str) -> SweepSummary:
     parent = _find_parent(client, ref)
     if parent is None:
         raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {tracking_uri}")

@@ -133,10 +133,20 @@ def _child(sock: socket.socket, uri: str) -> NoReturn:
 
 
 def _serve(conn: Connection, uri: str) -> None:
-    """One MlflowClient on a tuned SQLite store (or any other), serving the driver."""
-    seed_store(uri)
+    """One MlflowClient on a tuned SQLite store (or any other), serving the driver. Whether the
+    store opened is the first answer: an error opening it goes back to the driver as one."""
     with _sqlite_tuned():
-        _requests(conn, MlflowClient(tracking_uri=uri))
+        opened = _answer(_open, uri)
+        conn.send(("ok", None) if opened[0] == "ok" else opened)
+        if opened[0] == "ok":
+            _requests(conn, opened[1])
+
+
+def _open(uri: str) -> MlflowClient:
+    seed_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # makes (migrates) a new store, reads an old one
+    return client
 
 
 @contextlib.contextmanager
@@ -171,8 +181,7 @@ def _sqlite_tuned() -> Iterator[None]:
 
 
 def _requests(conn: Connection, client: MlflowClient) -> None:
-    """Open the store (answering whether that worked), then serve requests until None or EOF."""
-    conn.send(_answer(client.search_experiments, max_results=1))
+    """Serve requests until None or EOF."""
     while True:
         try:
             request = conn.recv()
