@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,28 @@ def test_best_with_a_store_it_cannot_read_is_one_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ui_refuses_a_bad_port_a_taken_port_and_a_missing_store(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "m.db"
+    sqlite3.connect(store).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [
+            (["--port", "99999", "--tracking-uri", f"sqlite:///{store}"], "error: command line: "),
+            (["--port", port, "--tracking-uri", f"sqlite:///{store}"], "error: --port: cannot listen on "),
+            # MLflow would make an empty store and show it
+            (["--tracking-uri", "sqlite:///none.db"], "error: --tracking-uri: no MLflow store at none.db"),
+        ]
+        for args, line in cases:
+            with pytest.raises(SystemExit) as exit_:
+                main(["ui", *args])
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and err.startswith(line) and len(err.splitlines()) == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["m.db"]
+
+
 def test_missing_sweep_file_and_unknown_flag(tmp_path: Path) -> None:
     missing = hypersweep("run", "absent.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip() == "error: absent.yaml: file not found"
@@ -122,6 +146,7 @@ def test_ui_binds_loopback_by_default_and_warns_when_exposed(tmp_path: Path) -> 
     result = hypersweep("ui", "--help", cwd=ROOT)
     assert "127.0.0.1" in result.stdout
     port = str(free_port())
+    sqlite3.connect(tmp_path / "x.db").close()  # the UI shows an existing store only
     import subprocess
     import sys
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -243,7 +244,7 @@ def best(sweep: str, tracking_uri: str | None) -> None:
     "--tracking-uri",
     help="Backend store to show (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
 )
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -252,9 +253,11 @@ def best(sweep: str, tracking_uri: str | None) -> None:
 )
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
     """Open the MLflow UI on 127.0.0.1 to compare the runs."""
-    from hypersweep.tracking import resolve_tracking_uri
+    from hypersweep.tracking import require_existing_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    require_existing_store(uri)  # MLflow would show an empty store it made
+    _check_port_free(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(
             f"[yellow]warning: the MLflow UI on {host} is reachable by anyone who can reach this machine[/]"
@@ -273,6 +276,17 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
         str(port),
     ]
     os.execv(sys.executable, args)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """The UI's server would print a traceback and exit 0 on a port it cannot bind."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise ConfigError("", "--port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

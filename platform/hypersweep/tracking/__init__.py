@@ -689,7 +689,7 @@ class SweepSummary:
 
 def find_best(ref: str, *, tracking_uri: str) -> SweepSummary:
     """The best trial of a sweep, by sweep id or (latest sweep of) sweep name."""
-    _require_existing_store(tracking_uri)
+    require_existing_store(tracking_uri)
     check_tracking_uri(tracking_uri, source="")
     try:
         return _best_of(ref, MlflowClient(tracking_uri=tracking_uri), tracking_uri)
@@ -743,7 +743,7 @@ def _find_parent(client: MlflowClient, ref: str) -> Any:
     return latest[0] if latest else None
 
 
-def _require_existing_store(uri: str) -> None:
+def require_existing_store(uri: str) -> None:
     """Reading from a SQLite store that does not exist would silently create an empty one."""
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
