@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from hypersweep import trial
 from hypersweep.config import build_spec
-from hypersweep.tracking import SweepRecorder
+from hypersweep.tracking import EPOCH_TIME, SweepRecorder
 from hypersweep.trainer import TrainerState, TrainSettings
 from hypersweep.tuning import decision_epochs
 from tests.mlflow_store import read_sweep
@@ -140,6 +140,16 @@ def test_short_epochs_wait_for_decisions_and_the_end(tune_and_clock) -> None:
     ]
 
 
+def test_each_epoch_carries_when_it_ended_under_the_recorders_key(tune_and_clock) -> None:
+    fake, clock = tune_and_clock
+    reporter = trial._TuneReporter(_job(report_every_s=60.0))
+    _epochs(reporter, clock, 3, seconds=0.1, last="completed")
+    (result, _), now = fake.reports[0], time.time() * 1000
+    assert trial.EPOCH_TIME == EPOCH_TIME  # worker and recorder agree on the key
+    times = [e[EPOCH_TIME] for e in result[trial.HISTORY]]
+    assert times == sorted(times) and now - 60_000 < times[0] <= now
+
+
 def test_reports_come_at_most_report_every_s_apart(tune_and_clock) -> None:
     fake, clock = tune_and_clock
     reporter = trial._TuneReporter(_job(settings=TrainSettings(max_epochs=20)))
@@ -234,6 +244,32 @@ def test_a_trial_that_ended_before_its_run_was_made_gets_its_tags_at_creation(tm
     assert child.data.tags["hypersweep.stop_reason"] == "completed"
     assert child.data.tags["hypersweep.device"] == "cpu"
     assert child.data.params == {"lr": "0.1"} and child.data.metrics == {"val_loss": 0.5}
+
+
+def test_a_run_made_late_keeps_the_trials_own_times(tmp_path: Path) -> None:
+    """Runs are made by the writer, often after a short trial ended: its Duration column and its
+    metrics' time axis must still show when the trial and each epoch ran."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/x.db"
+    client = _Outage(uri)
+    recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", client=client)
+    recorder.start_sweep(name="late", sweep_id="l-1", settings={})
+    client.down = True
+    before = int(time.time() * 1000)
+    recorder.trial_started("t1", {"lr": 0.1})
+    epochs = [{"epoch": e, "val_loss": 1.0 / e, EPOCH_TIME: before + 100 * e} for e in (1, 2)]
+    recorder.trial_result("t1", epochs[-1], epochs=epochs)
+    recorder.trial_finished("t1", status="completed", stop_reason="completed")
+    ended = int(time.time() * 1000)
+    time.sleep(0.5)  # the store answers again only later
+    client.down = False
+    assert recorder.drain(30)
+    (child,) = read_sweep(uri, "late").children
+    assert before <= child.info.start_time <= child.info.end_time <= ended
+    history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "val_loss")
+    assert [m.timestamp for m in history] == [before + 100, before + 200]
+    assert EPOCH_TIME not in child.data.metrics
 
 
 def test_the_tuning_loop_never_waits_for_a_slow_store(tmp_path: Path) -> None:

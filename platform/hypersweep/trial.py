@@ -28,6 +28,7 @@ from hypersweep.trainer import TrainerState, TrainSettings, fit
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
 FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
 HISTORY = "history"  # in a Tune result: every epoch since the previous report, oldest first
+EPOCH_TIME = "epoch_time_ms"  # in each epoch of HISTORY: when it ended (tracking.EPOCH_TIME)
 _log = logging.getLogger(__name__)
 
 
@@ -131,7 +132,7 @@ class _TuneReporter:
         state: Callable[[], TrainerState],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        self._pending.append(dict(metrics))  # as measured: what MLflow logs
+        self._pending.append({**metrics, EPOCH_TIME: int(time.time() * 1000)})  # as measured
         now = time.monotonic()
         decisive = "stop_reason" in metrics or metrics["epoch"] in self.job.decision_epochs
         if not decisive and now - self._last_report < self.job.report_every_s:

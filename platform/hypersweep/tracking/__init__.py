@@ -82,7 +82,9 @@ FINAL_WAIT_SECONDS = float(os.environ.get("HYPERSWEEP_TRACKING_WAIT_S", "120"))
 _TRACKING_ERRORS = (MlflowException, OSError)
 _SECRET_QUERY_KEYS = ("token", "password", "secret", "key", "auth")
 # Result keys that are bookkeeping (ours and Ray Tune's), not metrics worth a chart.
+EPOCH_TIME = "epoch_time_ms"  # in an epoch's metrics: when it ended (Unix ms): its timestamp
 _NOT_METRICS = {
+    EPOCH_TIME,
     "epoch",
     "stop_reason",
     "artifacts",
@@ -193,6 +195,8 @@ class _TrialRun:
     final_tags_sent: bool = False  # the final tags went with create_run (it ended before that)
     ended: bool = False  # its end is recorded in MLflow
     reopen: bool = False  # marked KILLED by an interruption: RUNNING again when it resumes
+    started_ms: int = 0  # when the trial started and ended: its run's times, not when they were sent
+    ended_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -469,7 +473,7 @@ class SweepRecorder:
                 known.config = dict(config)
             return
         with self._lock:
-            self._trials[trial_id] = _TrialRun(config=dict(config))
+            self._trials[trial_id] = _TrialRun(config=dict(config), started_ms=_now_ms())
             self._open.add(trial_id)
         if self._writer is None:
             self.flush(force=True)  # create its run now (or as soon as the server answers)
@@ -483,7 +487,7 @@ class SweepRecorder:
             self._note_where(run, result)
             stamp = _now_ms()
             for epoch in epochs or [result]:
-                self._note_epoch(run, epoch, stamp)
+                self._note_epoch(run, epoch, int(epoch.get(EPOCH_TIME) or stamp))
             self._save(trial_id)
         self.poll()
 
@@ -519,6 +523,7 @@ class SweepRecorder:
                 run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
             ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
             run.run_status = RunStatus.to_string(ended)
+            run.ended_ms = _now_ms()
             self._save(trial_id)
         if self._writer is None:
             self.flush(force=True)
@@ -588,7 +593,7 @@ class SweepRecorder:
             if not run.pending:
                 break
         if ending:
-            self.client.set_terminated(run.run_id, status=run.run_status)
+            self.client.set_terminated(run.run_id, status=run.run_status, end_time=run.ended_ms or None)
             run.ended = True
 
     def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
@@ -608,6 +613,7 @@ class SweepRecorder:
                     tags.update(run.final_tags)
             created = self.client.create_run(
                 self.experiment_id,
+                start_time=run.started_ms or None,
                 run_name=trial_id,
                 tags={
                     MLFLOW_PARENT_RUN_ID: self.parent_run_id,
