@@ -15,6 +15,7 @@ import pytest
 from hypersweep.tracking.state import read_state
 from hypersweep.tuning import TRACKING_STATE
 from tests.chaos_tools import (
+    NAME,
     builds_per_trial,
     chaos_sweep,
     cli,
@@ -28,6 +29,7 @@ from tests.chaos_tools import (
     stop_group,
 )
 from tests.conftest import ROOT
+from tests.mlflow_store import read_sweep
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
@@ -155,6 +157,12 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
     for lr in finished_before:
         log = tmp_path / "faults" / f"{float(lr):.12g}.log"
         assert log.read_text().split().count("eval") == 6, log.read_text()
+    # Resuming it again finds it finished: nothing trains, nothing is recorded twice.
+    rc, out, err = _wait(cli("resume", ref, *resume_args, cwd=cwd, env=env), timeout=60)
+    assert (rc, out.strip()) == (0, f"sweep {folder.name} finished already: nothing to resume"), err
+    stored = read_sweep(uri, NAME)
+    assert len(stored.client.get_metric_history(stored.parent.info.run_id, "best_val_loss")) == 1
+    assert counts(uri) == ledger
 
 
 def test_resume_refuses_what_is_not_a_sweep(tmp_path: Path) -> None:

@@ -134,6 +134,9 @@ def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: s
     from hypersweep.manifest import read_manifest, spec_of, trials_of
 
     folder, manifest = read_manifest(sweep, storage=storage)  # refuse anything else before starting Ray
+    if manifest.get("finished"):
+        _out.print(f"sweep {manifest['sweep_id']} finished already: nothing to resume")
+        return  # exit 0: it is done, and its end is recorded once
     trials = trials_of(folder, manifest, storage)
     spec = spec_of(manifest)
     # As for `run`: local Ray starts while this process imports torch, Ray Tune and MLflow.

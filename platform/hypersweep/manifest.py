@@ -7,6 +7,7 @@ imports anything heavy, so that the local Ray node can start while the command i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,17 @@ def read_manifest(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ConfigError(str(folder / MANIFEST), "format", "not a hypersweep sweep manifest")
     return folder.resolve(), manifest
+
+
+def mark_finished(folder: Path) -> None:
+    """Note in the manifest that the sweep ended and MLflow has all of it: ``resume`` then has
+    nothing to do (and must not record the sweep's end a second time)."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["finished"] = True
+    partial = path.with_name(f".{MANIFEST}.tmp")
+    partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(partial, path)  # a crash leaves the old manifest or the new one, whole
 
 
 def spec_of(manifest: Mapping[str, Any]) -> SweepSpec:

@@ -35,6 +35,7 @@ from hypersweep.manifest import (
     FORMAT,
     MANIFEST,
     check_storage_path,
+    mark_finished,
     read_manifest,
     spec_of,
     storage_path,
@@ -387,6 +388,8 @@ class _Sweep:
                     best = recorder.finish_sweep(
                         best_weights=Path(best_dir) / "model.pt" if best_dir else None, failed=best is None
                     )
+                if not recorder.unsent and (self.folder / MANIFEST).is_file():
+                    mark_finished(self.folder)
         return SweepOutcome(
             sweep_id=self.sweep_id,
             parent_run_id=parent,
