@@ -122,6 +122,30 @@ def test_ui_refuses_a_bad_port_a_taken_port_and_a_missing_store(tmp_path: Path, 
     assert [p.name for p in tmp_path.iterdir()] == ["m.db"]
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("fixed.activation=swish", "ValueError: unknown activation 'swish'"),
+        ("search_space.beta1.high=1.5", "beta1=1.5, dropout=0.5, batch_size=128: ValueError: Invalid beta"),
+        ("fixed.weight_decay=-1", "ValueError: Invalid weight_decay value: -1"),
+        ("fixed.hidden_sizes=32", "TypeError: 'int' object is not iterable"),
+    ],
+)
+def test_validate_builds_the_model_of_every_choice_and_range_end(
+    tmp_path: Path, value: str, why: str, monkeypatch, capsys
+) -> None:
+    """A value no trial could train with: found by validate (and by run before Ray's trials),
+    not by every trial failing after its retries."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(DEFAULT_SWEEP), "--set", value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {DEFAULT_SWEEP}: experiment: building the model failed with ")
+    assert why in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_sweep_file_and_unknown_flag(tmp_path: Path) -> None:
     missing = hypersweep("run", "absent.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip() == "error: absent.yaml: file not found"

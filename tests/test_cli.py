@@ -176,6 +176,15 @@ def test_a_tracking_store_mlflow_cannot_open_is_one_line(tmp_path: Path) -> None
     _assert_none_left(mark)
 
 
+def test_run_refuses_a_model_no_trial_could_build_before_any_run(tmp_path: Path) -> None:
+    result, mark = _run_marked("run", str(DEFAULT_SWEEP), "--set", "fixed.activation=swish", cwd=tmp_path)
+    assert result.returncode == 2
+    _no_trace(result)
+    assert ": experiment: building the model failed with " in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no store, no sweep folder: no run was made
+    _assert_none_left(mark)
+
+
 def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_path: Path) -> None:
     """`resume` starts local Ray right after reading the manifest; a sweep Tune saved nothing
     for is still one line and exit 2, with that Ray gone."""

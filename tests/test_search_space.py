@@ -43,6 +43,19 @@ def test_conditional_parameters_appear_only_with_their_optimizer() -> None:
     assert {c["optimizer"] for c in configs} == {"sgd", "momentum", "adam", "adamw"}
 
 
+def test_corners_hold_every_choice_and_both_ends_of_every_range() -> None:
+    corners = parse_search_space(SPACE, "space.yaml").corners()
+    assert len(corners) == 4  # the widest choice has 4 values
+    assert [c["optimizer"] for c in corners] == ["sgd", "momentum", "adam", "adamw"]
+    assert {c["lr"] for c in corners} == {1e-4, 1.0} and {c["layers"] for c in corners} == {1, 4}
+    assert [c["hidden"] for c in corners] == [[32], [64, 32]] * 2
+    for config in corners:  # conditions hold, constants pass through
+        assert ("momentum" in config) == (config["optimizer"] == "momentum")
+        assert ("beta1" in config) == (config["optimizer"] in ("adam", "adamw"))
+        assert config["activation"] == "relu"
+    assert {c.get("beta1") for c in corners} == {None, 0.8, 0.95}
+
+
 def test_values_lie_in_their_ranges_and_constants_pass_through() -> None:
     for config in _sample(40):
         assert 1e-4 <= config["lr"] <= 1.0

@@ -216,8 +216,13 @@ def _short(value: Any) -> str:
 @cli.command()
 @_sweep_options
 def validate(sweep_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Check SWEEP_FILE (schema, search space, experiment import) without starting anything."""
+    """Check SWEEP_FILE (schema, search space, experiment, its data, its model) without starting
+    anything: no Ray, no tracking store."""
+    from hypersweep.config import import_roots
+    from hypersweep.registry import load_sweep_data
+
     spec = _load(sweep_file, overrides, flags)
+    load_sweep_data(spec, import_roots(spec.source))  # the data loads, the model builds
     _out.print(
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
         f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}"

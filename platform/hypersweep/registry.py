@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hypersweep.errors import ConfigError, did_you_mean
+import torch
+
+from hypersweep.errors import ConfigError, did_you_mean, first_line
 from hypersweep.experiment import Data, Experiment
-from hypersweep.trainer import OPTIMIZERS
+from hypersweep.trainer import OPTIMIZERS, TRAINER_DEFAULTS, make_optimizer
 
 if TYPE_CHECKING:  # workers import this module; keep pydantic and Optuna out of their start-up
     from hypersweep.config import SweepSpec
@@ -71,10 +73,35 @@ def load_sweep_data(spec: SweepSpec, roots: list[str]) -> Data:
     experiment = cls()
     experiment.configure(dict(spec.fixed))
     try:
-        return experiment.load_data(seed=spec.search.seed)
+        data = experiment.load_data(seed=spec.search.seed)
     except Exception as exc:
         what = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError(str(spec.source), "experiment", f"loading its data failed: {what}") from None
+    check_builds(experiment, data, spec)
+    return data
+
+
+def check_builds(experiment: Experiment, data: Data, spec: SweepSpec) -> None:
+    """Build the model and optimizer of a few configurations (every choice, both ends of every
+    range) before any trial runs: a value that cannot work (an unknown activation, a beta of
+    1.5) would otherwise fail every trial, each after its retries. Built on PyTorch's meta
+    device, which allocates nothing; a model that cannot be built there is built on the CPU."""
+    for corner in spec.search_space.corners():
+        config = {**TRAINER_DEFAULTS, **experiment.default_config, **spec.fixed, **corner}
+        try:
+            _build(experiment, data, config, torch.device("meta"))
+        except Exception:
+            try:
+                _build(experiment, data, config, torch.device("cpu"))
+            except Exception as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in corner.items()) or "the fixed values"
+                problem = f"building the model failed with {shown}: {type(exc).__name__}: {first_line(exc)}"
+                raise ConfigError(str(spec.source), "experiment", problem) from None
+
+
+def _build(experiment: Experiment, data: Data, config: dict[str, Any], device: torch.device) -> None:
+    with device:
+        make_optimizer(experiment.build_model(config, data), config)
 
 
 def _check_optimizers(spec: SweepSpec) -> None:

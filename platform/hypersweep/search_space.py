@@ -107,6 +107,21 @@ class SearchSpace:
             out[name] = entry.model_dump(exclude_none=True) if is_dist else entry
         return out
 
+    def corners(self) -> list[dict[str, Any]]:
+        """A few configurations that between them hold every choice and both ends of every
+        range (conditions respected): what a preflight builds before any trial can fail."""
+        widest = max([len(e.values) for _, e in self.entries if isinstance(e, Choice)], default=0)
+        configs = []
+        for i in range(max(2, widest)):
+            config: dict[str, Any] = {}
+            for name, entry in self.entries:
+                if not isinstance(entry, _DISTRIBUTIONS):
+                    config[name] = entry
+                elif _active(entry, config):
+                    config[name] = _corner(entry, i)
+            configs.append(config)
+        return configs
+
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one configuration on ``trial``; returns the constants (as Ray's OptunaSearch wants).
 
@@ -130,6 +145,12 @@ class SearchSpace:
 
 
 _SAME = object()
+
+
+def _corner(entry: Distribution, i: int) -> Any:
+    if isinstance(entry, Choice):
+        return entry.values[i % len(entry.values)]
+    return entry.low if i % 2 == 0 else entry.high
 
 
 def _active(entry: Distribution, sampled: Mapping[str, Any]) -> bool:
