@@ -219,9 +219,13 @@ def validate(sweep_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
     """Check SWEEP_FILE (schema, search space, experiment, its data, its model) without starting
     anything: no Ray, no tracking store."""
     from hypersweep.config import import_roots
+    from hypersweep.manifest import check_storage_path
     from hypersweep.registry import load_sweep_data
+    from hypersweep.tracking import check_tracking_uri, resolve_tracking_uri
 
     spec = _load(sweep_file, overrides, flags)
+    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=str(spec.source))
+    check_storage_path(spec.storage, source=str(spec.source))
     load_sweep_data(spec, import_roots(spec.source))  # the data loads, the model builds
     _out.print(
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
