@@ -87,7 +87,11 @@ def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: P
         assert "injected fault" in child.data.tags["hypersweep.error"]
     assert stored.parent.info.status == "FAILED"
     assert "Traceback" not in err and "no trial finished" in out
-    assert err.count("failure 1 (RuntimeError: injected fault in attempt 1); retrying") == 2, err
+    # It failed in its first epoch, before any checkpoint: the retry starts over, and says so.
+    again = (
+        "failure 1 (RuntimeError: injected fault in attempt 1); retrying from the start (no checkpoint yet)"
+    )
+    assert err.count(again) == 2, err
 
 
 def _state(folder: Path) -> dict[str, Any]:

@@ -66,8 +66,9 @@ class Progress:
             self.console.print(f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)")
         self._refresh()
 
-    def trial_retried(self, trial_id: str, error: str) -> None:
-        self.console.print(f"{trial_id}: {error}; retrying from its last checkpoint")
+    def trial_retried(self, trial_id: str, error: str, *, checkpointed: bool = True) -> None:
+        where = "its last checkpoint" if checkpointed else "the start (no checkpoint yet)"
+        self.console.print(f"{trial_id}: {error}; retrying from {where}")
 
     def _better(self, value: float) -> bool:
         if self.best is None:

@@ -592,7 +592,9 @@ class _TrackingCallback(tune.Callback):
             # ``trial.get_error()`` reads) is synced later and would name the failure before.
             cause = _error_line(_error_text(trial))
             progress.trial_retried(
-                trial.trial_id, f"failure {trial.num_failures}" + (f" ({cause})" if cause else "")
+                trial.trial_id,
+                f"failure {trial.num_failures}" + (f" ({cause})" if cause else ""),
+                checkpointed=trial.checkpoint is not None,
             )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
