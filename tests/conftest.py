@@ -25,6 +25,19 @@ def hypersweep(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Comple
     )
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_in_its_test():
+    """The CLI run in-process (``main([...])``) sets MLflow's tracking URI, and MLflow sets it
+    as MLFLOW_TRACKING_URI for every later subprocess: a later test's ``hypersweep ui`` then
+    shows this test's store. Put both back."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it, as before
+
+
 @pytest.fixture
 def write_sweep(tmp_path: Path):
     """Write a sweep file (YAML text) into tmp_path and return its path."""
