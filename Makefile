@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 SWEEP ?= experiments/breast_cancer_mlp.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install sweep test lint bench bench-gpu clean
+.PHONY: install sweep test test-gpu lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ sweep: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-gpu: $(STAMP)
+	$(VENV)/bin/pytest -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,8 @@
 # Target: Linux x86_64, CPython 3.12, with torch (a CUDA build) and these already installed:
 # numpy, pandas, pyarrow, scipy, scikit-learn, statsmodels, matplotlib, requests, protobuf, grpcio,
 # aiohttp, msgpack, click, rich, pyyaml, psutil, filelock, fsspec, packaging, typing-extensions,
-# cloudpickle, tqdm, jinja2, markupsafe, attrs, anyio, h11, werkzeug, prometheus-client.
+# cloudpickle, tqdm, jinja2, markupsafe, attrs, anyio, h11, werkzeug, prometheus-client,
+# annotated-doc (fastapi imports it).
 #
 # Usage (on a machine with the package index; needs python3 with pip, strip and bc):
 #   bash scripts/offline-wheels.sh [OUTDIR]                 (default ./offline-wheels)

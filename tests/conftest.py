@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,29 @@ def hypersweep(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Comple
         timeout=timeout,
         check=False,
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA device. Where there is none they are deselected, and the
+    summary says so, unless ``-m`` names them (``make test-gpu``): then they run and fail."""
+    import torch
+
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu or torch.cuda.is_available() or "gpu" in (config.option.markexpr or ""):
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    config.stash[_GPU_DESELECTED] = len(gpu)
+
+
+_GPU_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if deselected := config.stash.get(_GPU_DESELECTED, 0):
+        terminalreporter.write_line(
+            f"{deselected} GPU tests deselected: no CUDA device here (make test-gpu on a GPU host)"
+        )
 
 
 @pytest.fixture(autouse=True)

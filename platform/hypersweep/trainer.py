@@ -170,7 +170,7 @@ def fit(
     shuffle = torch.Generator().manual_seed(settings.seed)
     state = reporter.restore()
     if state is not None:
-        _load_state(state, model, optimizer, shuffle)
+        _load_state(state, model, optimizer, shuffle, device)
     else:
         state = TrainerState(initial_loss=_evaluate(experiment, model, data.val)[0])
     precision = _Precision(device, enabled=settings.amp)
@@ -310,8 +310,15 @@ class _Loop:
     def _snapshot(self) -> TrainerState:
         snap = copy.copy(self.state)
         snap.model = _cpu_copy(self.model.state_dict())
-        snap.optimizer = copy.deepcopy(self.optimizer.state_dict())
+        # On the CPU, whatever device trained: a checkpoint resumes on any node (a retry may land
+        # on one without CUDA), and saving it takes no GPU memory. load_state_dict moves it back.
+        snap.optimizer = _cpu_tree(self.optimizer.state_dict())
         snap.rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        device = next(self.model.parameters(), torch.empty(0)).device
+        if device.type == "cuda":
+            # Dropout on CUDA draws from the device's generator, not the CPU's: without it a
+            # resumed trial would drop other units than the uninterrupted one.
+            snap.rng["cuda"] = torch.cuda.get_rng_state(device)
         snap.scaler = self.precision.scaler.state_dict() if self.precision.scaler.is_enabled() else {}
         return snap
 
@@ -340,14 +347,28 @@ def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def _cpu_tree(value: Any) -> Any:
+    """A deep copy of an optimizer's state dict (nested dicts and lists) with tensors on the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_tree(v) for v in value)
+    return copy.deepcopy(value)
+
+
 def _load_state(
     state: TrainerState,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     shuffle: torch.Generator,
+    device: torch.device,
 ) -> None:
     model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
+    optimizer.load_state_dict(state.optimizer)  # moves the state to the parameters' device
     if state.rng:
         torch.set_rng_state(state.rng["torch"])
         shuffle.set_state(state.rng["shuffle"])
+        if "cuda" in state.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng["cuda"], device)

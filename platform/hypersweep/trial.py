@@ -123,7 +123,9 @@ class _TuneReporter:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
+            # map_location: checkpoints written before they were kept on the CPU may hold CUDA
+            # tensors, and a retry may run where there is no CUDA device.
+            state = torch.load(Path(directory) / "trainer.pt", weights_only=True, map_location="cpu")
         return TrainerState.from_dict(state)
 
     def report(
