@@ -7,6 +7,8 @@ these tests are deselected (tests/conftest.py says so in the summary): they need
 from __future__ import annotations
 
 import io
+import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,11 @@ def _needs_cuda() -> None:
     assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA device"
 
 
-def _train(reporter: ListReporter, *, amp: bool) -> Any:
+def _train(reporter: ListReporter, *, amp: bool, device: str = "cuda", **config: Any) -> Any:
     experiment = ToyRegression()
-    data = experiment.load_data(seed=0).to(torch.device("cuda"))
-    settings = TrainSettings(max_epochs=5, patience=None, device="cuda", amp=amp)
-    return fit(experiment, data, CONFIG, settings, reporter)
+    data = experiment.load_data(seed=0).to(torch.device(device))
+    settings = TrainSettings(max_epochs=5, patience=None, device=device, amp=amp)
+    return fit(experiment, data, {**CONFIG, **config}, settings, reporter)
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -47,15 +49,33 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-@pytest.mark.parametrize("amp", [False, True], ids=["float32", "amp"])
-def test_a_trial_trains_on_the_gpu(amp: bool) -> None:
-    reporter = ListReporter()
-    result = _train(reporter, amp=amp)
+def test_a_trial_on_the_gpu_learns_what_it_learns_on_the_cpu() -> None:
+    on_gpu, on_cpu = ListReporter(), ListReporter()
+    result = _train(on_gpu, amp=False, dropout=0.0)  # dropout draws differ between devices
+    _train(on_cpu, amp=False, device="cpu", dropout=0.0)
     assert all(p.is_cuda for p in result.model.parameters())
     assert result.stop_reason == "completed"
+    for key in ("train_loss", "val_loss", "val_mae"):
+        gpu = [r[key] for r in on_gpu.results]
+        assert gpu == pytest.approx([r[key] for r in on_cpu.results], rel=1e-3), key
+
+
+def test_a_trial_learns_with_mixed_precision_on_the_gpu() -> None:
+    reporter = ListReporter()
+    result = _train(reporter, amp=True)
+    assert result.stop_reason == "completed"
     losses = [r["val_loss"] for r in reporter.results]
-    assert len(losses) == 5
-    assert losses[-1] < losses[0] / 2, losses  # it learned, in float16 too
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_a_diverging_gpu_trial_stops_at_the_end_of_its_first_epoch() -> None:
+    """On CUDA the batch losses are read once per epoch: a huge learning rate still ends the trial
+    after one epoch, as diverged, with the loss recorded as infinite."""
+    reporter = ListReporter()
+    result = _train(reporter, amp=False, optimizer="sgd", lr=1e6)
+    assert result.stop_reason == "diverged"
+    assert [r["train_loss"] for r in reporter.results] == [math.inf]
 
 
 def test_a_gpu_checkpoint_is_portable_and_resumes_exactly() -> None:
