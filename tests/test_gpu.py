@@ -70,8 +70,8 @@ def test_a_trial_learns_with_mixed_precision_on_the_gpu() -> None:
 
 
 def test_a_diverging_gpu_trial_stops_at_the_end_of_its_first_epoch() -> None:
-    """On CUDA the batch losses are read once per epoch: a huge learning rate still ends the trial
-    after one epoch, as diverged, with the loss recorded as infinite."""
+    """A huge learning rate ends a GPU trial within its first epoch, as diverged, with the loss
+    recorded as infinite (each batch loss is read before the step that would use it)."""
     reporter = ListReporter()
     result = _train(reporter, amp=False, optimizer="sgd", lr=1e6)
     assert result.stop_reason == "diverged"
