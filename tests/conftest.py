@@ -49,6 +49,24 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         )
 
 
+def fifo_sweep(
+    sweep: Path, cwd: Path, trials: int, epochs: int, *settings: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``hypersweep run`` with FIFO and random search (every trial every epoch, no early stop by
+    the scheduler), ``--set`` each of ``settings``, into a SQLite store in cwd: (result, URI)."""
+    uri = f"sqlite:///{cwd}/x.db"
+    result = hypersweep(
+        "run",
+        str(sweep),
+        *("--num-samples", str(trials), "--max-epochs", str(epochs)),
+        *("--scheduler", "fifo", "--search", "random"),
+        *("--tracking-uri", uri, "--storage", str(cwd / "runs")),
+        *(arg for setting in settings for arg in ("--set", setting)),
+        cwd=cwd,
+    )
+    return result, uri
+
+
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_in_its_test():
     """The CLI run in-process (``main([...])``) sets MLflow's tracking URI, and MLflow sets it

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hypersweep.trainer import TrainerState, TrainSettings, fit
-from tests.conftest import ROOT, hypersweep
+from tests.conftest import ROOT, fifo_sweep
 from tests.mlflow_store import read_sweep
 from tests.test_trainer import ListReporter
 from tests.toy import ToyRegression
@@ -102,30 +102,9 @@ def test_a_gpu_checkpoint_is_portable_and_resumes_exactly() -> None:
 def test_four_trials_share_one_gpu(tmp_path: Path) -> None:
     """A real sweep of the CNN with a quarter of a GPU per trial and AMP: every trial on CUDA,
     never more than four at once, several at once."""
-    uri = f"sqlite:///{tmp_path}/x.db"
-    result = hypersweep(
-        "run",
-        str(ROOT / "experiments" / "digits_cnn.yaml"),
-        "--num-samples",
-        "8",
-        "--max-epochs",
-        "3",
-        "--scheduler",
-        "fifo",
-        "--search",
-        "random",
-        "--tracking-uri",
-        uri,
-        "--storage",
-        str(tmp_path / "runs"),
-        "--set",
-        "resources.gpus_per_trial=0.25",
-        "--set",
-        "training.amp=true",
-        "--set",
-        "training.patience=null",
-        cwd=tmp_path,
-    )
+    sweep = ROOT / "experiments" / "digits_cnn.yaml"
+    settings = ("resources.gpus_per_trial=0.25", "training.amp=true", "training.patience=null")
+    result, uri = fifo_sweep(sweep, tmp_path, 8, 3, *settings)
     assert result.returncode == 0, result.stdout + result.stderr
     stored = read_sweep(uri, "digits-cnn")
     assert len(stored.children) == 8

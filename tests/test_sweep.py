@@ -17,7 +17,7 @@ from hypersweep.config import load_sweep
 from hypersweep.errors import ConfigError
 from hypersweep.manifest import read_manifest, trials_of
 from hypersweep.tuning import _Sweep
-from tests.conftest import DEFAULT_SWEEP, hypersweep
+from tests.conftest import DEFAULT_SWEEP, fifo_sweep, hypersweep
 from tests.mlflow_store import read_sweep
 
 pytestmark = pytest.mark.slow
@@ -132,27 +132,8 @@ def test_run_prints_a_compact_summary(asha_sweep) -> None:
 
 
 def test_fifo_runs_two_trials_at_once_and_never_stops_early(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/x.db"
-    result = hypersweep(
-        "run",
-        str(DEFAULT_SWEEP),
-        "--num-samples",
-        "4",
-        "--max-epochs",
-        "3",
-        "--scheduler",
-        "fifo",
-        "--search",
-        "random",
-        "--tracking-uri",
-        uri,
-        "--storage",
-        str(tmp_path / "runs"),
-        "--set",
-        "training.patience=null",
-        "--set",
-        "search_space.lr.high=0.1",
-        cwd=tmp_path,
+    result, uri = fifo_sweep(
+        DEFAULT_SWEEP, tmp_path, 4, 3, "training.patience=null", "search_space.lr.high=0.1"
     )
     assert result.returncode == 0, result.stdout + result.stderr
     stored = read_sweep(uri, "breast-cancer-mlp")
