@@ -40,6 +40,7 @@ BASE = (
         (BASE + "resources: {gpus_per_trial: -1}\n", ": resources.gpus_per_trial: "),
         (BASE + "max_epochs: 2\nscheduler: {grace_period: 3}\n", ": scheduler.grace_period: 3 exceeds"),
         (BASE + "scheduler: {type: hyperbnd}\n", ": scheduler.type: "),
+        (BASE + "metric: val_loss\nmode: max\n", ": mode: max with metric val_loss: a loss is minimised"),
         (BASE + "search: {type: grid}\n", ": search.type: "),
         (BASE.replace("tests.toy:", "broken_syntax:"), ": experiment: 'broken_syntax' has a syntax error"),
         (

@@ -79,6 +79,7 @@ def test_misspelled_nested_key_suggests_within_its_section(write_sweep) -> None:
         ("search: {type: grid}\n", "search.type"),
         ("resources: {gpus_per_trial: -1}\n", "resources.gpus_per_trial"),
         ("mode: minimize\n", "mode"),
+        ("mode: max\n", "mode"),  # with the default metric, val_loss
         ("fixed: {lr: 0.1}\n", "fixed.lr"),
     ],
 )

@@ -111,6 +111,9 @@ class SweepSpec(_Frozen):
                 "scheduler.grace_period",
                 f"{self.scheduler.grace_period} exceeds max_epochs ({self.max_epochs})",
             )
+        if self.metric in ("train_loss", "val_loss") and self.mode == "max":
+            # The best trial would be the worst one, and ASHA would stop the good ones.
+            raise _KeyedError("mode", f"max with metric {self.metric}: a loss is minimised, use min")
         clash = sorted(set(self.fixed) & set(self.search_space.names))
         if clash:
             raise _KeyedError(f"fixed.{clash[0]}", "is also in the search space")
