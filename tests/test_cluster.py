@@ -165,6 +165,24 @@ def test_a_gpu_request_no_node_can_hold_is_refused(ray_cluster, mlflow_server, t
     assert _no_experiment(mlflow_server, "pf-gpus")
 
 
+def test_validate_reads_the_clusters_nodes_and_joins_nothing_for_good(ray_cluster, tmp_path) -> None:
+    def validate(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "hypersweep", "validate", str(DEFAULT_SWEEP), *args]
+        env = ray_cluster.client_env()
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    base = ("--address", ray_cluster.address, "--cpus-per-trial", "1", "--gpus-per-trial", "0.5")
+    ok = validate(*base, "--shared-storage")
+    assert ok.returncode == 0, ok.stderr
+    assert "4 trial(s) at once on 3 node(s) at" in ok.stdout and "(5 CPU, 2 GPU)" in ok.stdout
+    local_storage = validate(*base)
+    assert local_storage.returncode == 2 and ": storage: the cluster has 3 nodes" in local_storage.stderr
+    too_big = validate(*base, "--shared-storage", "--gpus-per-trial", "2")
+    assert too_big.returncode == 2
+    assert too_big.stderr.strip().endswith("but the largest node has 2 CPU and 1 GPU")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_joining_without_the_token_is_one_clear_line(ray_cluster, mlflow_server, tmp_path) -> None:
     env = ray_cluster.client_env()
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)  # the wrong token

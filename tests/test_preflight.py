@@ -3,6 +3,7 @@ storage end in one line and exit 2 before any MLflow run is created."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,20 @@ def test_impossible_resources_are_refused_before_the_parent_run(tmp_path: Path) 
     line = _one_error_line(result)
     assert ": resources: a trial asks for 64 CPU and 0 GPU but the largest node has" in line
     assert not (tmp_path / "mlflow.db").exists()  # no store, no parent run
+
+
+def test_validate_refuses_impossible_resources_without_starting_ray(tmp_path: Path) -> None:
+    result = hypersweep("validate", str(DEFAULT_SWEEP), "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
+    line = _one_error_line(result)
+    assert ": resources: a trial asks for 4096 CPU and 0 GPU but the largest node has" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_this_machine_is_counted_as_rays_local_node_counts_it() -> None:
+    info = cluster.probe(None)
+    assert (info.address, info.nodes) == (None, 1)
+    assert info.cpus == len(os.sched_getaffinity(0)) and info.node_cpus == (info.cpus,)
+    assert info.gpus == torch.cuda.device_count()
 
 
 def _info(nodes: int) -> ClusterInfo:

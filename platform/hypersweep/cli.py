@@ -215,21 +215,31 @@ def _short(value: Any) -> str:
 
 @cli.command()
 @_sweep_options
-def validate(sweep_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Check SWEEP_FILE (schema, search space, experiment, its data, its model) without starting
-    anything: no Ray, no tracking store."""
+@click.option("--address", help="Ray cluster address to check against (default: this machine).")
+def validate(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flags: Any) -> None:
+    """Check SWEEP_FILE (schema, search space, experiment, its data, its model, its resources)
+    without starting anything: no Ray node, no tracking store. With --address, the running
+    cluster is joined for a moment to read its nodes."""
+    from hypersweep import cluster
     from hypersweep.config import import_roots
     from hypersweep.manifest import check_storage_path
     from hypersweep.registry import load_sweep_data
     from hypersweep.tracking import check_tracking_uri, resolve_tracking_uri
 
     spec = _load(sweep_file, overrides, flags)
-    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=str(spec.source))
-    check_storage_path(spec.storage, source=str(spec.source))
+    source = str(spec.source)
+    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=source)
+    check_storage_path(spec.storage, source=source)
     load_sweep_data(spec, import_roots(spec.source))  # the data loads, the model builds
+    info = cluster.probe(address)
+    cluster.check_resources(spec.resources, info, source=source)
+    cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
+    where = "this machine" if address is None else f"{info.nodes} node(s) at {address}"
     _out.print(
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
-        f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}"
+        f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}; "
+        f"{cluster.concurrency(spec.resources, info)} trial(s) at once on {where} "
+        f"({info.cpus:g} CPU, {info.gpus:g} GPU)"
     )
 
 

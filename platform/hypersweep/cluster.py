@@ -181,6 +181,30 @@ def check_address(address: str) -> None:
         ) from None
 
 
+def probe(address: str | None) -> ClusterInfo:
+    """What a sweep would run on, starting nothing: a running cluster's nodes (joined for a
+    moment, no code shipped), or this machine as the local node Ray starts here would count it."""
+    if address is None:
+        return _this_machine()
+    check_address(address)
+    shutdown()
+    init = dict(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    _join(address, init)
+    try:
+        return _cluster_info(address)
+    finally:
+        ray.shutdown()
+
+
+def _this_machine() -> ClusterInfo:
+    """Ray's local node takes the CPUs this process may run on and every CUDA device it sees."""
+    import torch  # loaded already by whoever asks (validate builds the sweep's models)
+
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    gpus = float(torch.cuda.device_count())
+    return ClusterInfo(None, 1, cpus, gpus, (cpus,), (gpus,))
+
+
 def _cluster_info(address: str | None) -> ClusterInfo:
     alive = [n for n in ray.nodes() if n.get("Alive")]
     cpus = tuple(float(n["Resources"].get("CPU", 0)) for n in alive)
