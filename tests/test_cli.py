@@ -11,6 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+
 from hypersweep.config import load_sweep
 from hypersweep.manifest import FORMAT, MANIFEST
 from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
@@ -201,3 +204,37 @@ def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_pat
     assert "Ray Tune saved no state for this sweep yet" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     _assert_none_left(mark)
+
+
+@pytest.mark.parametrize(
+    ("args", "end"),
+    [
+        (
+            ["--num-samples", "0"],
+            "num_samples: Input should be greater than or equal to 1 (from --num-samples 0)",
+        ),
+        (
+            ["--set", "search_space.lr.low=-1"],
+            "search_space.lr.low: Input should be greater than 0 (from --set search_space.lr.low=-1)",
+        ),
+        (
+            ["--cpus-per-trial", "4096", "--max-concurrent", "2"],
+            "resources.cpus_per_trial: a trial asks for 4096 CPU and 0 GPU but the largest node has"
+            f" {len(os.sched_getaffinity(0))} CPU and {torch.cuda.device_count()} GPU"
+            " (from --cpus-per-trial 4096)",
+        ),
+        (["--shared-storage", "--set", "max_epochs=1"], "scheduler.grace_period: 2 exceeds max_epochs (1)"),
+    ],
+)
+def test_an_error_about_a_value_from_the_command_line_names_the_argument(
+    args: list[str], end: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The line names the sweep file and the key, and the argument that set the value: the file
+    may not hold the value at fault. A value the file holds blames nothing else."""
+    from hypersweep.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(DEFAULT_SWEEP), *args])
+    line = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2
+    assert line == f"error: {DEFAULT_SWEEP}: {end}"

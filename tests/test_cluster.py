@@ -161,7 +161,11 @@ def test_a_gpu_request_no_node_can_hold_is_refused(ray_cluster, mlflow_server, t
     args = sweep_args(ray_cluster, mlflow_server, tmp_path / "x", "pf-gpus")
     result = run_cli(ray_cluster, *args, "--shared-storage", "--gpus-per-trial", "2", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("but the largest node has 2 CPU and 1 GPU")
+    line = result.stderr.strip()
+    assert line.endswith(
+        ": resources.gpus_per_trial: a trial asks for 1 CPU and 2 GPU but the largest node"
+        " has 2 CPU and 1 GPU (from --gpus-per-trial 2)"
+    )
     assert _no_experiment(mlflow_server, "pf-gpus")
 
 
@@ -179,7 +183,7 @@ def test_validate_reads_the_clusters_nodes_and_joins_nothing_for_good(ray_cluste
     assert local_storage.returncode == 2 and ": storage: the cluster has 3 nodes" in local_storage.stderr
     too_big = validate(*base, "--shared-storage", "--gpus-per-trial", "2")
     assert too_big.returncode == 2
-    assert too_big.stderr.strip().endswith("but the largest node has 2 CPU and 1 GPU")
+    assert too_big.stderr.strip().endswith("largest node has 2 CPU and 1 GPU (from --gpus-per-trial 2)")
     assert list(tmp_path.iterdir()) == []
 
 

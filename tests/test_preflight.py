@@ -50,14 +50,14 @@ def test_dead_tracking_server_fails_in_seconds(tmp_path: Path) -> None:
 def test_impossible_resources_are_refused_before_the_parent_run(tmp_path: Path) -> None:
     result = hypersweep("run", str(DEFAULT_SWEEP), "--cpus-per-trial", "64", cwd=tmp_path, timeout=120)
     line = _one_error_line(result)
-    assert ": resources: a trial asks for 64 CPU and 0 GPU but the largest node has" in line
+    assert ": resources.cpus_per_trial: a trial asks for 64 CPU and 0 GPU but the largest node has" in line
     assert not (tmp_path / "mlflow.db").exists()  # no store, no parent run
 
 
 def test_validate_refuses_impossible_resources_without_starting_ray(tmp_path: Path) -> None:
     result = hypersweep("validate", str(DEFAULT_SWEEP), "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
     line = _one_error_line(result)
-    assert ": resources: a trial asks for 4096 CPU and 0 GPU but the largest node has" in line
+    assert ": resources.cpus_per_trial: a trial asks for 4096 CPU and 0 GPU but the largest node has" in line
     assert list(tmp_path.iterdir()) == []
 
 

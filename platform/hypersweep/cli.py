@@ -65,24 +65,47 @@ def _load(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> A
     return spec
 
 
+# The sweep flags (click's parameter names) and the sweep keys they set.
+_FLAG_KEYS = {
+    "num_samples": "num_samples",
+    "max_epochs": "max_epochs",
+    "scheduler": "scheduler.type",
+    "search": "search.type",
+    "seed": "search.seed",
+    "cpus_per_trial": "resources.cpus_per_trial",
+    "gpus_per_trial": "resources.gpus_per_trial",
+    "max_concurrent": "resources.max_concurrent",
+    "tracking_uri": "tracking_uri",
+    "storage": "storage",
+    "shared_storage": "storage_shared",
+}
+# Sweep key -> the command-line argument that set it: an error about that key says so, since
+# the line names the sweep file, which may not hold the value at fault.
+_given: dict[str, str] = {}
+
+
 def _read(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> Any:
     """The sweep file, flags and overrides, checked against the schema: no torch imported yet."""
     from hypersweep.config import load_sweep
 
-    values = {
-        "num_samples": flags.get("num_samples"),
-        "max_epochs": flags.get("max_epochs"),
-        "scheduler.type": flags.get("scheduler"),
-        "search.type": flags.get("search"),
-        "search.seed": flags.get("seed"),
-        "resources.cpus_per_trial": flags.get("cpus_per_trial"),
-        "resources.gpus_per_trial": flags.get("gpus_per_trial"),
-        "resources.max_concurrent": flags.get("max_concurrent"),
-        "tracking_uri": flags.get("tracking_uri"),
-        "storage": flags.get("storage"),
-        "storage_shared": flags.get("shared_storage"),
-    }
+    values = {key: flags.get(name) for name, key in _FLAG_KEYS.items()}
+    for item in overrides:
+        _given[item.partition("=")[0].strip()] = f"--set {item}"
+    for name, key in _FLAG_KEYS.items():
+        value = flags.get(name)
+        if value is not None:
+            shown = "" if value is True else f" {value:g}" if isinstance(value, float) else f" {value}"
+            _given[key] = f"--{name.replace('_', '-')}{shown}"
     return load_sweep(sweep_file, overrides, values)
+
+
+def _origin(key: str) -> str:
+    """' (from --num-samples 0)' when the command line set the key an error names, a key
+    inside it or the setting it belongs to; '' otherwise."""
+    if not key:
+        return ""
+    args = [a for k, a in _given.items() if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")]
+    return f" (from {', '.join(args)})" if args else ""
 
 
 @cli.command()
@@ -336,10 +359,11 @@ def _skip_final_collections() -> None:
 
 
 def _dispatch(argv: Sequence[str] | None) -> None:
+    _given.clear()  # main() may run several commands in one process (tests, scripts)
     try:
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except ConfigError as exc:
-        click.echo(exc.line(), err=True)
+        click.echo(exc.line() + _origin(exc.key), err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.UsageError as exc:
         click.echo(f"error: command line: {exc.format_message()}", err=True)

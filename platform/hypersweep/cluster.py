@@ -230,9 +230,15 @@ def check_resources(resources: ResourcesSpec, info: ClusterInfo, *, source: str)
     )
     if not fits:
         biggest = max(zip(info.node_cpus, info.node_gpus, strict=True), default=(0.0, 0.0))
+        # The setting at fault, if one alone is: no node has that many CPUs, or GPUs.
+        key = "resources"
+        if max(info.node_cpus, default=0.0) < resources.cpus_per_trial:
+            key = "resources.cpus_per_trial"
+        elif max(info.node_gpus, default=0.0) < resources.gpus_per_trial:
+            key = "resources.gpus_per_trial"
         raise ConfigError(
             source,
-            "resources",
+            key,
             f"a trial asks for {resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU"
             f" but the largest node has {biggest[0]:g} CPU and {biggest[1]:g} GPU",
         )
