@@ -87,3 +87,18 @@ def test_space_must_be_a_non_empty_mapping(bad) -> None:
 
     with pytest.raises(ConfigError):
         parse_search_space(bad, "space.yaml")
+
+
+def test_null_takes_a_parameter_out_and_a_narrowed_choice_says_so() -> None:
+    """Narrowing the optimizers to adaptive ones leaves momentum conditional on one no longer
+    offered: the error says how to follow suit, and ``momentum: null`` takes it out."""
+    from hypersweep.errors import ConfigError
+
+    narrowed = {**SPACE, "optimizer": {"type": "choice", "values": ["adam", "adamw"]}}
+    with pytest.raises(ConfigError, match=r"take momentum out \(--set search_space\.momentum=null\)"):
+        parse_search_space(narrowed, "space.yaml")
+    space = parse_search_space({**narrowed, "momentum": None}, "space.yaml")
+    assert "momentum" not in space.names and "beta1" in space.names
+    assert all("momentum" not in c for c in space.corners())
+    with pytest.raises(ConfigError, match="every parameter is taken out"):
+        parse_search_space({"lr": None}, "space.yaml")

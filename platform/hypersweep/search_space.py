@@ -189,10 +189,14 @@ def parse_search_space(data: Any, source: str, prefix: str = "") -> SearchSpace:
         key = f"{prefix}{name}"
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigError(source, key, "parameter names must be identifiers")
+        if raw is None:
+            continue  # `name: null` (`--set search_space.name=null`) takes the parameter out
         entry = _parse_entry(raw, source, key) if _is_distribution(raw) else raw
         if isinstance(entry, _DISTRIBUTIONS):
             _check_condition(entry, entries, source, key)
         entries.append((name, entry))
+    if not entries:
+        raise ConfigError(source, prefix.rstrip("."), "every parameter is taken out (null)")
     return SearchSpace(entries=tuple(entries))
 
 
@@ -237,4 +241,12 @@ def _check_condition(
             raise ConfigError(source, where, f"must name an earlier choice parameter{hint}")
         missing = [v for v in allowed if v not in parent.values]
         if missing:
-            raise ConfigError(source, where, f"{missing} not among {ref}'s values {parent.values}")
+            # Often a narrowed choice (--set search_space.optimizer.values=[adam]) leaving a
+            # parameter of the optimizers it dropped: say how to follow suit.
+            name = key.rpartition(".")[2]
+            raise ConfigError(
+                source,
+                where,
+                f"{missing} not among {ref}'s values {parent.values}: narrow it too, or take"
+                f" {name} out (--set search_space.{name}=null)",
+            )
