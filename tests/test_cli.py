@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from hypersweep import cluster
 from hypersweep.config import load_sweep
 from hypersweep.manifest import FORMAT, MANIFEST
 from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
@@ -220,7 +221,7 @@ def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_pat
         (
             ["--cpus-per-trial", "4096", "--max-concurrent", "2"],
             "resources.cpus_per_trial: a trial asks for 4096 CPU and 0 GPU but the largest node has"
-            f" {len(os.sched_getaffinity(0))} CPU and {torch.cuda.device_count()} GPU"
+            f" {cluster.probe(None).cpus:g} CPU and {torch.cuda.device_count()} GPU"
             " (from --cpus-per-trial 4096)",
         ),
         (["--shared-storage", "--set", "max_epochs=1"], "scheduler.grace_period: 2 exceeds max_epochs (1)"),

@@ -53,6 +53,7 @@ def test_the_local_node_runs_what_a_sweep_uses_and_shutdown_ends_all_of_it() -> 
     info = cluster.connect(address=None, import_roots=[])
     try:
         assert info.nodes == 1 and info.address is None
+        assert info.cpus == cluster.probe(None).cpus  # what validate counts without starting Ray
         assert cluster._NODE is not None
         node_pid = cluster._NODE.pid
         started = {node_pid: "ray_node", **_descendants(node_pid)}

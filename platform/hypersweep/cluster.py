@@ -197,10 +197,16 @@ def probe(address: str | None) -> ClusterInfo:
 
 
 def _this_machine() -> ClusterInfo:
-    """Ray's local node takes the CPUs this process may run on and every CUDA device it sees."""
+    """The CPUs Ray's local node would take (a container's CPU quota, else every core) and the
+    CUDA devices torch sees (Ray counts the GPUs; trials need torch to see them)."""
     import torch  # loaded already by whoever asks (validate builds the sweep's models)
 
-    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        from ray._private.utils import get_num_cpus  # what `ray start` counts; not public API
+
+        cpus = float(get_num_cpus(override_docker_cpu_warning=True))
+    except (ImportError, TypeError):
+        cpus = float(os.cpu_count() or 1)
     gpus = float(torch.cuda.device_count())
     return ClusterInfo(None, 1, cpus, gpus, (cpus,), (gpus,))
 
