@@ -67,9 +67,7 @@ def connect(
     Ray's own logging is kept off the terminal.
     """
     shutdown()
-    init: dict[str, Any] = dict(
-        address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
-    )
+    init = _init_args(address)
     if address is None:
         global _NODE
         _NODE = node or LocalNode.start(import_roots=import_roots)
@@ -188,12 +186,16 @@ def probe(address: str | None) -> ClusterInfo:
         return _this_machine()
     check_address(address)
     shutdown()
-    init = dict(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    _join(address, init)
+    _join(address, _init_args(address))
     try:
         return _cluster_info(address)
     finally:
         ray.shutdown()
+
+
+def _init_args(address: str | None) -> dict[str, Any]:
+    """``ray.init``'s arguments for a driver: no dashboard, Ray's own output kept quiet."""
+    return dict(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
 
 
 def _this_machine() -> ClusterInfo:
