@@ -49,12 +49,12 @@ from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
     check_tracking_uri,
-    new_store_file,
     redact,
     redact_settings,
     resolve_tracking_uri,
 )
 from hypersweep.tracking.process import ProcessClient
+from hypersweep.tracking.template import sqlite_path
 from hypersweep.trainer import TrainSettings
 from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
 
@@ -191,9 +191,8 @@ def _started(
     cluster.shutdown()
     if address is None and node is None:
         node = sweep_node(spec, roots)
-    made = store = None
+    store = None
     try:
-        made = new_store_file(uri) if client is None else None
         store = ProcessClient(uri) if client is None else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
@@ -215,9 +214,7 @@ def _started(
         if node is not None:
             node.stop()  # if connect did not take it
         if store is not None:
-            store.close()  # after the child is done with the store file
-        if made is not None:
-            made.unlink(missing_ok=True)
+            _drop_store_made_by(store, uri)
         raise
     try:
         yield ready
@@ -225,6 +222,18 @@ def _started(
         if store is not None:
             store.close()
         cluster.shutdown()
+
+
+def _drop_store_made_by(store: ProcessClient, uri: str) -> None:
+    """Close the store; remove its file if this sweep made it, and only then: another sweep
+    started at the same moment may have made it, and be using it now."""
+    path = sqlite_path(uri)
+    if path is not None:
+        with contextlib.suppress(Exception):  # wait for the child's answer: did it make the file?
+            store.ready()
+    store.close()  # after the child is done with the store file
+    if path is not None and store.made_store:
+        path.unlink(missing_ok=True)
 
 
 def _open_store(store: ProcessClient, uri: str, source: str) -> None:

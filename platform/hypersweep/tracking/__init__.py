@@ -142,12 +142,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return str(mlflow.get_tracking_uri())
 
 
-def new_store_file(uri: str) -> Path | None:
-    """The file of a SQLite store that does not exist yet (opening the store would make it)."""
-    path = sqlite_path(uri)
-    return None if path is None or path.exists() else path
-
-
 def redact(text: str) -> str:
     """A URI without its secrets: ``http://user:pw@host`` -> ``http://***@host``, ``?token=***``."""
     if "://" not in text:
@@ -328,10 +322,28 @@ class SweepRecorder:
         self._save()
 
     def _experiment(self, name: str) -> str:
+        """The experiment of this name, created if missing. Safe when another sweep of the same
+        name creates it between our lookup and our creation (two sweeps started at once on one
+        SQLite file or one server): the store refuses the second creation (a unique name), and
+        the experiment is then read again. The UI's kind tag is added to an experiment made
+        without it (by hand, or by MLflow's own ``set_experiment``)."""
         existing = self.client.get_experiment_by_name(name)
-        if existing is not None:
-            return str(existing.experiment_id)
-        return str(self.client.create_experiment(name, tags=dict([_EXPERIMENT_KIND])))
+        if existing is None:
+            try:
+                return str(self.client.create_experiment(name, tags=dict([_EXPERIMENT_KIND])))
+            except MlflowException:
+                existing = self.client.get_experiment_by_name(name)
+                if existing is None:
+                    raise  # refused for another reason than a concurrent creation
+        experiment_id = str(existing.experiment_id)
+        key, kind = _EXPERIMENT_KIND
+        if existing.tags.get(key) is None:
+            try:
+                self.client.set_experiment_tag(experiment_id, key, kind)
+            except MlflowException:  # another sweep set it at the same moment: fine if it is there
+                if self.client.get_experiment(experiment_id).tags.get(key) is None:
+                    raise
+        return experiment_id
 
     def suspend(self) -> None:
         """An interrupted sweep: runs still training and the parent become KILLED until resumed."""

@@ -59,9 +59,10 @@ class ProcessClient:
         self._lock = threading.Lock()
         self._opened = False
         self._closed = False
+        self.made_store = False  # the child made the store's file (a new SQLite store): see ready
 
     def ready(self) -> None:
-        """Wait until the child has the store open (made, if new)."""
+        """Wait until the child has the store open (made, if new: then ``made_store`` is True)."""
         with self._lock:
             self._await_open()
 
@@ -77,7 +78,7 @@ class ProcessClient:
 
     def _await_open(self) -> None:
         if not self._opened:
-            self._exchange(None)
+            self.made_store = bool(self._exchange(None))
             self._opened = True
 
     def _exchange(self, request: Any) -> Any:
@@ -137,16 +138,17 @@ def _serve(conn: Connection, uri: str) -> None:
     store opened is the first answer: an error opening it goes back to the driver as one."""
     with _sqlite_tuned():
         opened = _answer(_open, uri)
-        conn.send(("ok", None) if opened[0] == "ok" else opened)
+        conn.send(("ok", opened[1][1]) if opened[0] == "ok" else opened)
         if opened[0] == "ok":
-            _requests(conn, opened[1])
+            _requests(conn, opened[1][0])
 
 
-def _open(uri: str) -> MlflowClient:
-    seed_store(uri)
+def _open(uri: str) -> tuple[MlflowClient, bool]:
+    """The store's client, and whether this process made the store's file."""
+    made = seed_store(uri)
     client = MlflowClient(tracking_uri=uri)
     client.search_experiments(max_results=1)  # makes (migrates) a new store, reads an old one
-    return client
+    return client, made
 
 
 @contextlib.contextmanager

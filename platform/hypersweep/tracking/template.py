@@ -26,23 +26,27 @@ _log = logging.getLogger(__name__)
 
 
 def seed_store(uri: str) -> bool:
-    """Create the SQLite store of ``uri`` from the template if it does not exist yet.
+    """Create the SQLite store of ``uri`` if it does not exist yet: True when the file was made here.
 
-    True when the file was made here. An existing file is never touched: the copy is linked
-    into place, which fails rather than replaces when another process made the file meanwhile.
+    The store is made whole beside its final name (a copy of the template, or, without one, made
+    there by MLflow's own code) and linked into place, which fails rather than replaces when
+    another process made the file meanwhile. So two sweeps started at once on a new store never
+    both run MLflow's table creation on one file, and each knows whether the file is its own
+    (to remove again if its preflight fails). Anything else going wrong leaves it to MLflow.
     """
     path = sqlite_path(uri)
     if path is None or path.exists():
         return False
-    template = template_file()
-    if template is None:
-        return False
     path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for a new SQLite store
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        shutil.copyfile(template, partial)
+        template = template_file()
+        if template is not None:
+            shutil.copyfile(template, partial)
+        else:
+            _make_empty_store(partial)
         os.link(partial, path)
-    except OSError as exc:
+    except Exception as exc:  # taken meanwhile, or no store could be made: MLflow opens or makes it
         _log.debug("new store %s left to MLflow: %s", path, exc)
         return False
     finally:
