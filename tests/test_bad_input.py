@@ -17,6 +17,16 @@ BASE = (
     "search_space: {lr: {type: loguniform, low: 0.001, high: 0.1}}\n"
 )
 
+_KEEPS_A_LOCK = """
+import threading
+from tests.toy import ToyRegression
+
+class KeepsALock(ToyRegression):
+    def load_data(self, *, seed):
+        self.lock = threading.Lock()
+        return super().load_data(seed=seed)
+"""
+
 
 @pytest.mark.parametrize(
     ("text", "where"),
@@ -47,6 +57,10 @@ BASE = (
             BASE.replace("tests.toy:", "raises_on_import:"),
             ": experiment: importing 'raises_on_import' failed",
         ),
+        (
+            BASE.replace("tests.toy:ToyRegression", "keeps_a_lock:KeepsALock"),
+            ": experiment: KeepsALock cannot be sent to the workers after load_data (TypeError: ",
+        ),
     ],
 )
 def test_each_bad_input_is_one_line_exit_2_nothing_written(
@@ -57,6 +71,7 @@ def test_each_bad_input_is_one_line_exit_2_nothing_written(
     sweep.write_text(text)
     (tmp_path / "broken_syntax.py").write_text("def f(:\n")  # experiments that fail on import
     (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('no GPU driver')\n")
+    (tmp_path / "keeps_a_lock.py").write_text(_KEEPS_A_LOCK)  # state the workers could not get
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:  # the CLI's own entry point, in this process

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 from hypersweep.config import load_sweep
-from tests.conftest import DEFAULT_SWEEP, ROOT, hypersweep
-from tests.experiments_index import EXPERIMENT_SWEEPS, sweep_id
+from hypersweep.trainer import TRAINER_DEFAULTS, _evaluate
+from tests.conftest import DEFAULT_SWEEP, ROOT, fifo_sweep, hypersweep
+from tests.experiments_index import ALL_SWEEPS, EXPERIMENT_SWEEPS, load, sweep_id
 from tests.mlflow_store import StoredSweep, read_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -108,3 +111,32 @@ def test_huge_learning_rates_diverge_at_once_and_patience_stops_the_rest(tmp_pat
     assert best_run in {c.info.run_id for c in by_lr[1e-2]}
     assert math.isfinite(stored.parent.data.metrics["best_val_rmse"])
     assert "diverged" in stdout
+
+
+@pytest.mark.parametrize("path", ALL_SWEEPS, ids=sweep_id)
+def test_a_workers_metrics_are_what_its_weights_give_in_process(path: Path, tmp_path: Path) -> None:
+    """What a real trial logs to MLflow for its best epoch equals what that epoch's weights (the
+    sweep's best_model artifact) give on the validation split in this process, from data loaded
+    here: the units of every metric included (state an experiment derives in load_data)."""
+    result, uri = fifo_sweep(path, tmp_path, 1, 2, "search_space.lr={type: choice, values: [0.003]}")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    spec, experiment = load(path)
+    stored = read_sweep(uri, spec.name)
+    (child,) = stored.children
+    assert stored.tag(child, "status") in FINISHED
+    logged = {k: dict(stored.history(child, k)) for k in ("val_loss", *experiment.metric_names)}
+    sign = 1 if spec.mode == "min" else -1
+    best_epoch = min(logged[spec.metric], key=lambda step: (sign * logged[spec.metric][step], step))
+    parent = stored.parent.info.run_id
+    weights = stored.client.download_artifacts(parent, "best_model/model.pt", str(tmp_path))
+    config = json.loads(
+        Path(stored.client.download_artifacts(parent, "best_config.json", str(tmp_path))).read_text()
+    )
+    data = experiment.load_data(seed=spec.search.seed)
+    model = experiment.build_model({**TRAINER_DEFAULTS, **experiment.default_config, **config}, data)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    val_loss, metrics = _evaluate(experiment, model, data.val)
+    here = {"val_loss": val_loss, **metrics}
+    assert set(here) == set(logged)
+    for key, value in here.items():
+        assert logged[key][best_epoch] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, best_epoch)

@@ -10,6 +10,11 @@ alone. The platform calls it as follows:
   a tensor on the CPU; the platform ships it to the workers through Ray's object store and moves
   it to each worker's device once, so workers never run the loader (import its heavy libraries
   inside ``load_data``, not at module level, and workers start faster).
+* The experiment object itself travels with the data, as ``configure`` and ``load_data`` left
+  it: state derived from the data there (a target's mean and spread, a vocabulary) is what every
+  worker's ``build_model``, ``loss``, ``metrics`` and ``artifacts`` see. It must pickle (with
+  cloudpickle, as Ray sends objects); one that does not is refused before the sweep starts.
+  Tensors kept on it stay on the CPU (only the ``Data`` is moved to a trial's device).
 * ``build_model(config, data)`` once per trial, after ``torch.manual_seed(seed)``. ``config`` holds
   the trial's sampled hyperparameters merged over ``default_config``; read what the model needs
   (``dropout``, ``activation``, sizes ...) and ignore the rest (``lr``, ``optimizer`` ... belong to

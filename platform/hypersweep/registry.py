@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import torch
 
 from hypersweep.errors import ConfigError, did_you_mean, first_line
@@ -66,9 +68,22 @@ def _check_configure(cls: type[Experiment], spec: SweepSpec) -> None:
         raise ConfigError(str(spec.source), f"fixed.{key}".rstrip("."), message) from None
 
 
-def load_sweep_data(spec: SweepSpec, roots: list[str]) -> Data:
-    """The sweep's data, loaded once (by the driver, which ships it to every worker). A loader
-    that fails is the sweep's input at fault (a missing file, a bad fixed value): ConfigError."""
+@dataclass(frozen=True)
+class SweepData:
+    """What every trial of a sweep starts from: the experiment as ``configure`` and ``load_data``
+    left it, and its data. Shipped whole to the workers, so state an experiment derives from its
+    data (a target's spread, a vocabulary) is the same in every worker's ``metrics``, ``loss`` and
+    ``artifacts`` as in the driver: workers never load the data, and an experiment object made
+    afresh there would hold only its placeholders (metrics silently in the wrong units)."""
+
+    experiment: Experiment
+    data: Data
+
+
+def load_sweep_data(spec: SweepSpec, roots: list[str]) -> SweepData:
+    """The sweep's experiment and data, loaded once (by the driver, which ships both to every
+    worker). A loader that fails is the sweep's input at fault (a missing file, a bad fixed
+    value), and so is an experiment that cannot be sent to the workers: ConfigError."""
     cls = resolve_experiment(spec.experiment, roots, source=str(spec.source))
     experiment = cls()
     experiment.configure(dict(spec.fixed))
@@ -78,7 +93,21 @@ def load_sweep_data(spec: SweepSpec, roots: list[str]) -> Data:
         what = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError(str(spec.source), "experiment", f"loading its data failed: {what}") from None
     check_builds(experiment, data, spec)
-    return data
+    _check_shippable(experiment, spec)
+    return SweepData(experiment, data)
+
+
+def _check_shippable(experiment: Experiment, spec: SweepSpec) -> None:
+    """The experiment after ``load_data`` must pickle (with cloudpickle, as Ray sends objects):
+    an open file or a lock kept on it would otherwise fail every trial, after its retries."""
+    try:
+        cloudpickle.dumps(experiment)
+    except Exception as exc:
+        problem = (
+            f"{type(experiment).__name__} cannot be sent to the workers after load_data "
+            f"({type(exc).__name__}: {first_line(exc)}); keep only picklable state on it"
+        )
+        raise ConfigError(str(spec.source), "experiment", problem) from None
 
 
 def check_builds(experiment: Experiment, data: Data, spec: SweepSpec) -> None:

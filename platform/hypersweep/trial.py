@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.result import DONE
 
 from hypersweep.experiment import Data, Experiment
-from hypersweep.registry import resolve_experiment
+from hypersweep.registry import SweepData, resolve_experiment
 from hypersweep.trainer import TrainerState, TrainSettings, fit
 
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
@@ -44,8 +44,7 @@ class TrialJob:
     allow_cpu_fallback: bool
     metric: str
     mode: str
-    fixed: tuple[tuple[str, Any], ...] = ()  # the sweep's fixed values, for Experiment.configure
-    data: Any = None  # ObjectRef of the sweep's Data on the CPU: loaded once, by the driver
+    data: Any = None  # ObjectRef of the sweep's registry.SweepData on the CPU: made once, by the driver
     # Epochs at which the scheduler decides (ASHA's rungs): always reported, with a checkpoint.
     decision_epochs: frozenset[int] = frozenset()
     report_every_s: float = 0.0  # other epochs wait in the worker up to this long (0: every epoch)
@@ -90,14 +89,14 @@ def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str
 
 
 def _experiment_and_data(job: TrialJob, device: torch.device) -> tuple[Experiment, Data]:
-    """The experiment and the driver's data (from the object store, so no worker imports the
-    data's loaders or reads its files), fetched and moved to ``device`` once per process."""
+    """The driver's experiment (configured, its data loaded: the state ``load_data`` set on it
+    included) and its data, from the object store, so no worker imports the data's loaders or
+    reads its files; fetched, and the data moved to ``device``, once per process."""
     key = (job.data.hex(), str(device))
     if key not in _DATA_CACHE:
-        cls = resolve_experiment(job.experiment, list(job.roots))
-        experiment = cls()
-        experiment.configure(dict(job.fixed))
-        _DATA_CACHE[key] = (experiment, ray.get(job.data).to(device))
+        resolve_experiment(job.experiment, list(job.roots))  # its module importable: unpickling needs it
+        shipped: SweepData = ray.get(job.data)
+        _DATA_CACHE[key] = (shipped.experiment, shipped.data.to(device))
     return _DATA_CACHE[key]
 
 

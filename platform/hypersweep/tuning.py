@@ -164,7 +164,7 @@ def resume_sweep(
 @dataclass(frozen=True)
 class _Ready:
     concurrent: int  # trials at once
-    data: Any  # ObjectRef of the sweep's data
+    data: Any  # ObjectRef of the sweep's registry.SweepData (its experiment and data)
     client: Any  # the tracking client, its store open (a ProcessClient unless one was given)
 
 
@@ -289,7 +289,7 @@ class _Sweep:
         self.sweep_id, self.folder, self.address = sweep_id, folder, address
         self.trials = trials or str(folder)
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
-        self.data: Any = None  # ObjectRef of the sweep's data, for every trial
+        self.data: Any = None  # ObjectRef of the sweep's SweepData (experiment + data), for every trial
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
@@ -523,7 +523,6 @@ def _trainable_of(
         allow_cpu_fallback=spec.resources.allow_cpu_fallback,
         metric=spec.metric,
         mode=spec.mode,
-        fixed=tuple(sorted(spec.fixed.items())),
         data=data,
         decision_epochs=decision_epochs(spec),
         report_every_s=spec.training.report_every_s,
