@@ -8,7 +8,6 @@ every worker's start-up.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ import torch
 from ray import tune
 from ray.tune.result import DONE
 
+from hypersweep import scoring
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import SweepData, resolve_experiment
 from hypersweep.trainer import TrainerState, TrainSettings, fit
@@ -116,6 +116,7 @@ class _TuneReporter:
         self.where = dict(where or {})
         self._pending: list[dict[str, Any]] = []
         self._last_report = self._last_checkpoint = time.monotonic()
+        self._result = scoring.NONE_YET  # the trial's result so far (see scoring)
 
     def restore(self) -> TrainerState | None:
         checkpoint = tune.get_checkpoint()
@@ -124,8 +125,11 @@ class _TuneReporter:
         with checkpoint.as_directory() as directory:
             # map_location: checkpoints written before they were kept on the CPU may hold CUDA
             # tensors, and a retry may run where there is no CUDA device.
-            state = torch.load(Path(directory) / "trainer.pt", weights_only=True, map_location="cpu")
-        return TrainerState.from_dict(state)
+            state = TrainerState.from_dict(
+                torch.load(Path(directory) / "trainer.pt", weights_only=True, map_location="cpu")
+            )
+        self._result = state.best_score  # the epochs before the checkpoint count too
+        return state
 
     def report(
         self,
@@ -134,6 +138,8 @@ class _TuneReporter:
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
         self._pending.append({**metrics, EPOCH_TIME: int(time.time() * 1000)})  # as measured
+        if metrics.get("stop_reason") != "diverged":
+            self._result = scoring.better(self._result, metrics.get(self.job.metric), self.job.mode)
         now = time.monotonic()
         decisive = "stop_reason" in metrics or metrics["epoch"] in self.job.decision_epochs
         if not decisive and now - self._last_report < self.job.report_every_s:
@@ -160,9 +166,9 @@ class _TuneReporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
     def _scored(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The searcher and ASHA must see a diverged trial as the worst possible outcome (the
-        history keeps its measured values, for MLflow)."""
-        value = metrics.get(self.job.metric)
-        if metrics.get("stop_reason") == "diverged" or not isinstance(value, int | float):
-            return {**metrics, self.job.metric: math.inf if self.job.mode == "min" else -math.inf}
-        return dict(metrics)
+        """What Tune (ASHA, the searcher) reads as the metric is the trial's result so far, and the
+        worst value for a diverged trial (see ``scoring``); the history keeps each epoch's
+        measured values, for MLflow."""
+        mode = self.job.mode
+        result = scoring.worst(mode) if metrics.get("stop_reason") == "diverged" else self._result
+        return {**metrics, self.job.metric: scoring.or_worst(result, mode)}

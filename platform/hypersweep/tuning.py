@@ -25,7 +25,6 @@ import ray
 from ray import tune
 from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
@@ -45,6 +44,7 @@ from hypersweep.manifest import (
 )
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.registry import load_sweep_data, resolve_experiment
+from hypersweep.searcher import STUDY_FILE, StudySearcher
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
@@ -329,6 +329,7 @@ class _Sweep:
             sweep_id=self.sweep_id,
             concurrent=self.concurrent,
             callbacks=[_TrackingCallback(self.sweep_id)],
+            folder=self.folder,
         )
         return self._fit(tuner, recorder, parent, progress)
 
@@ -469,7 +470,9 @@ def build_tuner(
     sweep_id: str,
     concurrent: int,
     callbacks: list[tune.Callback],
+    folder: Path,
 ) -> tune.Tuner:
+    """``folder``: the sweep's folder on this machine, where the searcher keeps its study."""
     return tune.Tuner(
         _trainable_of(spec, roots, data),
         param_space=dict(spec.fixed),
@@ -477,7 +480,7 @@ def build_tuner(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples,
-            search_alg=_searcher(spec),
+            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id),
             scheduler=_scheduler(spec),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
             max_concurrent_trials=concurrent,
@@ -545,15 +548,20 @@ def decision_epochs(spec: SweepSpec) -> frozenset[int]:
     return frozenset(min(spec.max_epochs, math.ceil(grace * factor**k)) for k in range(rungs))
 
 
-def _searcher(spec: SweepSpec) -> OptunaSearch:
+def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> StudySearcher:
     seed = spec.search.seed
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.TPESampler(seed=seed)
         if spec.search.type == "optuna"
         else optuna.samplers.RandomSampler(seed=seed)
     )
-    return OptunaSearch(
-        space=spec.search_space.define_by_run, metric=spec.metric, mode=spec.mode, sampler=sampler
+    return StudySearcher(
+        space=spec.search_space.define_by_run,
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=sampler,
+        study_file=study_file,
+        study_name=sweep_id,
     )
 
 

@@ -6,7 +6,8 @@ Run conventions (a contract, see README):
   ``hypersweep.best_trial`` / ``hypersweep.best_run_id`` and the best trial's weights.
 * child run per trial (``mlflow.parentRunId``): tags ``hypersweep.role=trial``,
   ``hypersweep.trial_id``, ``hypersweep.status`` and ``hypersweep.stop_reason``; params = the
-  trial's config; metrics per epoch with ``step=epoch``.
+  trial's config; metrics per epoch with ``step=epoch``; at its end ``best_<metric>``, the
+  trial's result (``scoring``), unless it diverged or failed.
 
 Metrics are buffered and sent with ``log_batch`` (one request per run per flush, never one per
 value); a step already logged for a trial is never logged again (retries replay epochs).
@@ -44,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from hypersweep import scoring
 from hypersweep.errors import ConfigError, first_line, folder_problem
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
@@ -412,11 +414,10 @@ class SweepRecorder:
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """Finished trials -> a final result as Tune wants one (last epoch, best value, reason)."""
-        worst = math.inf if self.mode == "min" else -math.inf
         return {
             tid: {
                 "epoch": run.last_step,
-                self.metric: run.best if math.isfinite(run.best) else worst,
+                self.metric: scoring.or_worst(run.best, self.mode),
                 "stop_reason": run.final_tags.get(STOP_REASON, ""),
             }
             for tid, run in self._trials.items()
@@ -512,8 +513,8 @@ class SweepRecorder:
             if key not in _NOT_METRICS and _is_number(value):
                 run.pending.append(Metric(key, float(value), stamp, step))
         value = epoch.get(self.metric)
-        if epoch.get("stop_reason") != "diverged" and isinstance(value, int | float):
-            run.best = _better(run.best, float(value), self.mode)
+        if epoch.get("stop_reason") != "diverged":
+            run.best = scoring.better(run.best, value, self.mode)  # the trial's result (see scoring)
 
     def _note_where(self, run: _TrialRun, result: Mapping[str, Any]) -> None:
         """Tag the node and device a trial runs on, once (again only if a retry moves it)."""
@@ -536,6 +537,8 @@ class SweepRecorder:
             ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
             run.run_status = RunStatus.to_string(ended)
             run.ended_ms = _now_ms()
+            if math.isfinite(run.best):  # the trial's result (see scoring): a column in the UI
+                run.pending.append(Metric(f"best_{self.metric}", run.best, run.ended_ms, run.last_step))
             self._save(trial_id)
         if self._writer is None:
             self.flush(force=True)
@@ -660,15 +663,6 @@ class SweepRecorder:
         self._journal.save(head, trials, forget=self._forgotten)
         self._forgotten.clear()
         self._open.difference_update([tid for tid in ids if self._trials[tid].ended])
-
-
-def _better(best: float, value: float, mode: str) -> float:
-    """The better of the best so far (NaN: none yet) and a new value; non-finite values never win."""
-    if not math.isfinite(value):
-        return best
-    if math.isnan(best):
-        return value
-    return min(best, value) if mode == "min" else max(best, value)
 
 
 def _is_number(value: Any) -> bool:

@@ -1,0 +1,160 @@
+"""Driver side: the searcher, Ray's ``OptunaSearch`` told the truth about every trial.
+
+Ray's ``OptunaSearch`` tells Optuna every trial that ended with a metric as COMPLETE, valued at its
+last report. Under ASHA that ranks a trial stopped at a 2-epoch rung against fully trained ones as
+equals, and the epochs a batched report carries never reach the study. ``StudySearcher`` changes
+only what the study is told (see ``on_trial_complete``); proposing stays Ray's:
+
+* every epoch's result so far (``scoring``: the best value up to that epoch) is an intermediate
+  value of the Optuna trial, at ``step = epoch``, including the epochs a batched report carries
+  and the last report of a trial the scheduler stopped (Tune gives that one to
+  ``on_trial_complete`` only);
+* a trial the scheduler stopped (ASHA, Hyperband, the median rule) is PRUNED: TPE ranks it by how
+  far it got, then by its value (``optuna/samplers/_tpe/sampler.py``, ``_split_trials``);
+* a trial that completed or stopped itself (patience) is COMPLETE with the trial's result;
+* a diverged trial is COMPLETE with the worst value (+inf for min): TPE puts it among the bad
+  trials, so it learns to avoid the region (a FAIL would be ignored);
+* a trial that raised is FAIL.
+
+Each Optuna trial carries the user attributes ``trial_id`` (Tune's, as MLflow's
+``hypersweep.trial_id`` tag) and ``stop_reason``. The study lives in the sweep's folder as
+an Optuna journal file, named by the sweep id: ``optuna-dashboard <folder>/optuna-study.jsonl``
+opens it, ``hypersweep resume`` continues it, and tests read what the searcher was told.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from hypersweep import scoring
+from hypersweep.trial import HISTORY
+
+STUDY_FILE = "optuna-study.jsonl"  # in the sweep's folder
+_log = logging.getLogger(__name__)
+# The trial's own stop reasons (the trainer's); any other end is the scheduler's decision.
+_SELF_STOPPED = {"completed", "patience"}
+
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` over a persisted study, told PRUNED / COMPLETE / FAIL as described above."""
+
+    def __init__(
+        self,
+        *,
+        space: Callable[[optuna.Trial], Any],
+        metric: str,
+        mode: str,
+        sampler: optuna.samplers.BaseSampler,
+        study_file: Path,
+        study_name: str,
+    ) -> None:
+        storage = JournalStorage(JournalFileBackend(str(study_file)))
+        super().__init__(
+            space=space, metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study_name
+        )
+        # Per trial: (last epoch reported, its result so far). Rebuilt from the study after a
+        # restore, which may hold epochs reported after Tune's last snapshot of this object.
+        self._progress: dict[str, tuple[int, float]] = {}
+        self._goal_metric, self._goal_mode = metric, mode  # typed copies of Ray's _metric/_mode
+
+    @property
+    def study(self) -> optuna.Study:
+        assert self._ot_study is not None  # made in __init__: the space is given
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config: dict[str, Any] | None = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the study names Tune's trial: MLflow's trial_id tag
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return
+        if result and not error:
+            self._report(trial_id, result)
+        state, value, reason = self._outcome(trial_id, result, error)
+        try:
+            ot_trial.set_user_attr("stop_reason", reason)
+            self.study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            pass  # told before the driver crashed; the study kept it
+        self._completed_trials.add(trial_id)
+        self._progress.pop(trial_id, None)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._progress = self._progress_in_study()
+
+    def _outcome(
+        self, trial_id: str, result: Mapping[str, Any] | None, error: bool
+    ) -> tuple[TrialState, float | None, str]:
+        """(state, value, stop reason) for the trial's end; see the module's docstring."""
+        if error:
+            return TrialState.FAIL, None, "error"
+        reason = str((result or {}).get("stop_reason") or "")
+        if reason == "diverged":
+            return TrialState.COMPLETE, scoring.worst(self._goal_mode), reason
+        if reason in _SELF_STOPPED:
+            _, so_far = self._progress.get(trial_id, (0, scoring.NONE_YET))
+            if not isinstance(result, Mapping) or HISTORY not in result:
+                # A trial that finished before a crash reports only its final result.
+                so_far = scoring.better(
+                    so_far, result.get(self._goal_metric) if result else None, self._goal_mode
+                )
+            return TrialState.COMPLETE, scoring.or_worst(so_far, self._goal_mode), reason
+        # Stopped by the scheduler (or removed before it ran): the value is its last step's.
+        return TrialState.PRUNED, None, reason or "scheduler"
+
+    def _report(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Each new epoch of a report, as the trial's result so far at ``step = epoch``."""
+        ot_trial = self._ot_trials[trial_id]
+        last, so_far = self._progress.get(trial_id, (0, scoring.NONE_YET))
+        for epoch in result.get(HISTORY) or [result]:
+            step = int(epoch.get("epoch") or 0)
+            if step <= last or epoch.get("stop_reason") == "diverged":
+                continue  # replayed after a rollback (told already), or an epoch with no result
+            last, so_far = step, scoring.better(so_far, epoch.get(self._goal_metric), self._goal_mode)
+            if math.isnan(so_far):
+                continue  # no finite value yet: nothing to tell
+            try:
+                ot_trial.report(so_far, step)
+            except UpdateFinishedTrialError:
+                break  # told before the driver crashed; the study kept it
+        self._progress[trial_id] = (last, so_far)
+
+    def _progress_in_study(self) -> dict[str, tuple[int, float]]:
+        """What the study holds of each trial's epochs: its last step and value (a running best,
+        so the last value is the result so far)."""
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        progress = {}
+        for trial_id, ot_trial in self._ot_trials.items():
+            frozen = by_number.get(ot_trial.number)
+            if frozen is not None and frozen.intermediate_values:
+                step = max(frozen.intermediate_values)
+                progress[trial_id] = (step, float(frozen.intermediate_values[step]))
+        return progress
+
+
+def study_of(folder: Path, sweep_id: str) -> optuna.Study:
+    """The persisted study of a sweep, read back (tests, reports, ``optuna-dashboard``'s view)."""
+    storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
+    return optuna.load_study(study_name=sweep_id, storage=storage)
