@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler
 
 from hypersweep import trial
 from hypersweep.config import build_spec
+from hypersweep.errors import ConfigError
 from hypersweep.tracking import EPOCH_TIME, SweepRecorder
 from hypersweep.trainer import TrainerState, TrainSettings
 from hypersweep.tuning import decision_epochs
@@ -46,8 +47,36 @@ def test_decision_epochs_are_ashas_rungs(grace: int, factor: float, max_epochs: 
     assert decision_epochs(spec) == frozenset(min(max_epochs, r) for r in rungs)
 
 
-def test_fifo_decides_nothing() -> None:
+@pytest.mark.parametrize(
+    ("grace", "factor", "max_epochs", "brackets"), [(1, 3.0, 27, 3), (1, 2.0, 20, 4), (2, 3.0, 20, 2)]
+)
+def test_decision_epochs_are_every_hyperband_brackets_rungs(grace, factor, max_epochs, brackets) -> None:
+    spec = _spec(
+        max_epochs=max_epochs,
+        scheduler={
+            "type": "hyperband",
+            "grace_period": grace,
+            "reduction_factor": factor,
+            "brackets": brackets,
+        },
+    )
+    hyperband = AsyncHyperBandScheduler(
+        time_attr="epoch", max_t=max_epochs, grace_period=grace, reduction_factor=factor, brackets=brackets
+    )
+    rungs = {math.ceil(m) for bracket in hyperband._brackets for m, _ in bracket._rungs}  # Ray's own
+    assert all(bracket._rungs for bracket in hyperband._brackets)  # every bracket judges somewhere
+    assert decision_epochs(spec) == frozenset(min(max_epochs, r) for r in rungs)
+
+
+def test_fifo_decides_nothing_and_the_median_rule_every_epoch_past_its_grace() -> None:
     assert decision_epochs(_spec(scheduler={"type": "fifo"})) == frozenset()
+    median = _spec(max_epochs=6, scheduler={"type": "median", "grace_period": 3})
+    assert decision_epochs(median) == frozenset({3, 4, 5, 6})
+
+
+def test_more_hyperband_brackets_than_fit_are_bad_input() -> None:
+    with pytest.raises(ConfigError, match=r"scheduler.brackets: 4 brackets need more room: at most 3 fit"):
+        _spec(max_epochs=9, scheduler={"type": "hyperband", "grace_period": 1, "brackets": 4})
 
 
 class _Tune:
@@ -243,7 +272,10 @@ def test_a_trial_that_ended_before_its_run_was_made_gets_its_tags_at_creation(tm
     assert child.data.tags["hypersweep.status"] == "completed" and child.info.status == "FINISHED"
     assert child.data.tags["hypersweep.stop_reason"] == "completed"
     assert child.data.tags["hypersweep.device"] == "cpu"
-    assert child.data.params == {"lr": "0.1"} and child.data.metrics == {"val_loss": 0.5}
+    assert child.data.params == {"lr": "0.1"} and child.data.metrics == {
+        "val_loss": 0.5,
+        "best_val_loss": 0.5,
+    }
 
 
 def test_a_run_made_late_keeps_the_trials_own_times(tmp_path: Path) -> None:

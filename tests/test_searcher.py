@@ -127,9 +127,10 @@ def test_a_trials_result_is_its_best_finite_epoch(values, mode, expected):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_the_study_of_a_real_asha_sweep_tells_what_mlflow_holds(tmp_path):
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
+def test_the_study_of_a_real_sweep_tells_what_mlflow_holds(tmp_path, scheduler):
     """Read back from a real sweep: each MLflow child's Optuna trial, by its trial id."""
-    result, uri = asha_sweep(tmp_path)
+    result, uri = stopping_sweep(tmp_path, scheduler)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     stored = read_sweep(uri, "breast-cancer-mlp")
     sweep_id = stored.parent.data.tags["hypersweep.sweep_id"]
@@ -141,7 +142,7 @@ def test_the_study_of_a_real_asha_sweep_tells_what_mlflow_holds(tmp_path):
         trial, reason = told[stored.tag(child, "trial_id")], stored.tag(child, "stop_reason")
         reasons.add(reason)
         epochs = [s for s, _ in stored.history(child, "train_loss")]
-        if reason == "asha":
+        if reason == scheduler:
             assert trial.state == TrialState.PRUNED
             assert sorted(trial.intermediate_values) == epochs  # one value per epoch it trained
             assert trial.value == min(v for _, v in stored.history(child))
@@ -152,20 +153,22 @@ def test_the_study_of_a_real_asha_sweep_tells_what_mlflow_holds(tmp_path):
             )
         else:
             assert reason == "diverged" and trial.state == TrialState.COMPLETE and trial.value == math.inf
-    assert {"asha", "diverged"} <= reasons and reasons & {"completed", "patience"}, reasons
+    assert {scheduler, "diverged"} <= reasons and reasons & {"completed", "patience"}, reasons
     assert stored.parent.data.metrics["best_val_loss"] == min(
         t.value for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None
     )
 
 
-def asha_sweep(folder: Path) -> tuple[Any, str]:
-    """9 trials, ASHA rungs at epochs 1, 3 and 9, one learning rate in three that diverges."""
+def stopping_sweep(folder: Path, scheduler: str) -> tuple[Any, str]:
+    """9 trials, rungs at epochs 1, 3 and 9 (Hyperband: also 3 and 9), one learning rate in three
+    diverges; the median rule judges from epoch 1 once two others got there."""
     uri = f"sqlite:///{folder}/x.db"
     result = hypersweep(
-        *("run", str(DEFAULT_SWEEP), "--num-samples", "9", "--max-epochs", "9"),
+        *("run", str(DEFAULT_SWEEP), "--num-samples", "9", "--max-epochs", "9", "--scheduler", scheduler),
         *("--search", "random", "--seed", "1", "--tracking-uri", uri, "--storage", str(folder / "runs")),
         *("--set", "search_space.lr={type: choice, values: [1.0e+5, 3.0e-3, 3.0e-2]}"),
         *("--set", "scheduler.grace_period=1", "--set", "scheduler.reduction_factor=3"),
+        *("--set", "scheduler.brackets=2", "--set", "scheduler.min_samples_required=2"),
         cwd=folder,
     )
     return result, uri

@@ -28,7 +28,11 @@ def _sweep_options(fn: Any) -> Any:
     options = [
         click.option("--num-samples", type=int, help="Trials to run."),
         click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
-        click.option("--scheduler", type=click.Choice(["asha", "fifo"]), help="fifo: no early stopping."),
+        click.option(
+            "--scheduler",
+            type=click.Choice(["asha", "hyperband", "median", "fifo"]),
+            help="fifo: no early stopping.",
+        ),
         click.option("--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."),
         click.option("--cpus-per-trial", type=float),
         click.option("--gpus-per-trial", type=float, help="Fractional GPUs allowed (0.25 = 4 per GPU)."),

@@ -7,6 +7,7 @@ the file and the key path (``error: sweep.yaml: scheduler.grace_period: ...``).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,11 +34,30 @@ class _Frozen(BaseModel):
 
 
 class SchedulerSpec(_Frozen):
-    """ASHA stops weak trials at rungs grace_period * reduction_factor**k epochs; fifo never does."""
+    """Which trials stop early; every decision uses the trial's result so far (``scoring``).
 
-    type: Literal["asha", "fifo"] = "asha"
+    asha: ASHA stops weak trials at rungs grace_period * reduction_factor**k epochs.
+    hyperband: asynchronous Hyperband, ``brackets`` ASHA brackets; bracket s has its first rung at
+    grace_period * reduction_factor**s epochs, so later brackets give trials longer before judging.
+    median: the median stopping rule: after grace_period epochs a trial stops when its result is
+    worse than the median of the other trials' running averages at the same epoch (once
+    min_samples_required others have reached it).
+    fifo: no trial stops early (but by its own patience or divergence).
+    """
+
+    type: Literal["asha", "hyperband", "median", "fifo"] = "asha"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+    brackets: Annotated[int, Field(ge=1)] = 3  # hyperband only
+    min_samples_required: Annotated[int, Field(ge=1)] = 3  # median only
+
+    def rungs(self, max_epochs: int, bracket: int = 0) -> list[int]:
+        """The epochs at which an ASHA bracket compares a trial with its rung, as Ray's
+        ``AsyncHyperBandScheduler`` places them (its ``_Bracket``): it decides at the first result
+        at or past each, so a trial reports exactly there."""
+        grace, factor = self.grace_period, self.reduction_factor
+        count = int(math.log(max_epochs / grace) / math.log(factor) - bracket + 1)  # as Ray counts
+        return sorted({min(max_epochs, math.ceil(grace * factor ** (k + bracket))) for k in range(count)})
 
 
 class SearchSpec(_Frozen):
@@ -106,11 +126,20 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.max_epochs:
+        if self.scheduler.type != "fifo" and self.scheduler.grace_period > self.max_epochs:
             raise _KeyedError(
                 "scheduler.grace_period",
                 f"{self.scheduler.grace_period} exceeds max_epochs ({self.max_epochs})",
             )
+        if self.scheduler.type == "hyperband":
+            possible = len(self.scheduler.rungs(self.max_epochs))  # a later bracket has one rung less
+            if self.scheduler.brackets > possible:
+                raise _KeyedError(
+                    "scheduler.brackets",
+                    f"{self.scheduler.brackets} brackets need more room: at most {possible} fit between "
+                    f"grace_period {self.scheduler.grace_period} and max_epochs {self.max_epochs} "
+                    f"(reduction_factor {self.scheduler.reduction_factor:g})",
+                )
         if self.metric in ("train_loss", "val_loss") and self.mode == "max":
             # The best trial would be the worst one, and ASHA would stop the good ones.
             raise _KeyedError("mode", f"max with metric {self.metric}: a loss is minimised, use min")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import secrets
 import time
@@ -24,7 +23,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.execution import class_cache
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
@@ -328,7 +327,7 @@ class _Sweep:
             data=self.data,
             sweep_id=self.sweep_id,
             concurrent=self.concurrent,
-            callbacks=[_TrackingCallback(self.sweep_id)],
+            callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
             folder=self.folder,
         )
         return self._fit(tuner, recorder, parent, progress)
@@ -385,7 +384,7 @@ class _Sweep:
             with _actors_inherit_env() if self.address is None else contextlib.nullcontext():
                 results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
-            _settle(recorder, results)
+            _settle(recorder, results, self.spec.scheduler.type)
             interrupted = sum(recorder.statuses().values()) < self.spec.num_samples
         finally:
             recorder.stop_writer()
@@ -440,9 +439,10 @@ def _actors_inherit_env() -> Iterator[None]:
         class_cache.ENV_VARS_TO_PROPAGATE.update(propagated)
 
 
-def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
+def _settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
     """Trials Tune finished while no driver was listening (a crash between the two) get their end;
-    runs of trials that Tune itself lost in the crash are dropped."""
+    runs of trials that Tune itself lost in the crash are dropped. ``scheduler``: the stop reason
+    of a trial that did not stop itself."""
     known = {str((r.metrics or {}).get("trial_id", "")) for r in _results(grid)}
     if "" not in known:  # a trial that never reported cannot be told apart: keep every run then
         recorder.forget_trials_except(known)
@@ -456,7 +456,7 @@ def _settle(recorder: SweepRecorder, grid: tune.ResultGrid) -> None:
                 trial_id, status="failed", stop_reason="error", error=_error_line(result.error)
             )
         elif metrics.get("done") or metrics.get("stop_reason"):
-            reason = str(metrics.get("stop_reason") or "asha")
+            reason = str(metrics.get("stop_reason") or scheduler)
             recorder.trial_finished(
                 trial_id, status=STATUS_BY_REASON.get(reason, "early_stopped"), stop_reason=reason
             )
@@ -538,14 +538,16 @@ def _trainable_of(
 
 
 def decision_epochs(spec: SweepSpec) -> frozenset[int]:
-    """The epochs at which ASHA compares a trial with its rung (Ray's AsyncHyperBand, one
-    bracket: grace_period x reduction_factor^k up to max_t); it decides at the first result at or
-    past each, so a trial reports exactly there. FIFO decides nothing."""
-    if spec.scheduler.type == "fifo":
-        return frozenset()
-    grace, factor = spec.scheduler.grace_period, spec.scheduler.reduction_factor
-    rungs = int(math.log(spec.max_epochs / grace) / math.log(factor) + 1)  # as Ray counts them
-    return frozenset(min(spec.max_epochs, math.ceil(grace * factor**k)) for k in range(rungs))
+    """The epochs at which the scheduler decides, where a trial always reports (with a
+    checkpoint): every rung of every ASHA / Hyperband bracket (see ``SchedulerSpec.rungs``), and
+    for the median rule every epoch from its grace period on (it judges a trial at any result,
+    and a batched report would let a fast trial finish before it was ever judged). FIFO decides
+    nothing."""
+    scheduler = spec.scheduler
+    if scheduler.type == "median":
+        return frozenset(range(scheduler.grace_period, spec.max_epochs + 1))
+    brackets = {"asha": 1, "hyperband": scheduler.brackets}.get(scheduler.type, 0)
+    return frozenset(e for s in range(brackets) for e in scheduler.rungs(spec.max_epochs, s))
 
 
 def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> StudySearcher:
@@ -566,13 +568,21 @@ def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> StudySearcher
 
 
 def _scheduler(spec: SweepSpec) -> TrialScheduler:
-    if spec.scheduler.type == "fifo":
+    scheduler = spec.scheduler
+    if scheduler.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    if scheduler.type == "median":
+        return MedianStoppingRule(
+            time_attr="epoch",
+            grace_period=scheduler.grace_period,
+            min_samples_required=scheduler.min_samples_required,
+        )
+    return AsyncHyperBandScheduler(  # ASHA is its one-bracket case
         time_attr="epoch",
         max_t=spec.max_epochs,
-        grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+        brackets=scheduler.brackets if scheduler.type == "hyperband" else 1,
     )
 
 
@@ -580,8 +590,9 @@ def _scheduler(spec: SweepSpec) -> TrialScheduler:
 class _TrackingCallback(tune.Callback):
     """Tune's trial events -> the sweep's recorder and live view (found by sweep id, see _LIVE)."""
 
-    def __init__(self, sweep_id: str) -> None:
+    def __init__(self, sweep_id: str, scheduler: str = "asha") -> None:
         self.sweep_id = sweep_id
+        self.scheduler = scheduler  # the stop reason of a trial the scheduler stopped
 
     def _live(self) -> tuple[SweepRecorder, Progress | None]:
         return _LIVE[self.sweep_id]
@@ -616,7 +627,9 @@ class _TrackingCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, _ = self._live()
         last = trial.last_result or {}
-        reason = str(last.get("stop_reason") or "asha")
+        # A trial that did not stop itself was stopped by the scheduler (its type is the reason;
+        # a callback pickled by an earlier version knew only ASHA).
+        reason = str(last.get("stop_reason") or getattr(self, "scheduler", "asha"))
         if last.get("artifacts") and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as directory:
                 recorder.log_trial_artifacts(trial.trial_id, Path(directory) / ARTIFACTS_DIR)
