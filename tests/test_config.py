@@ -164,6 +164,14 @@ def test_flag_values_override_the_file(write_sweep) -> None:
     assert spec.num_samples == 4 and spec.search.seed == 7
 
 
+def test_the_data_seed_is_the_search_seed_unless_training_sets_its_own(write_sweep) -> None:
+    """A search benchmark varies the sampler's seed on one split and one initialisation."""
+    path = write_sweep(MINIMAL)
+    assert load_sweep(path, values={"search.seed": 7}).data_seed == 7
+    pinned = load_sweep(path, ["training.seed=3"], values={"search.seed": 7})
+    assert pinned.data_seed == 3 and pinned.search.seed == 7
+
+
 def test_bad_override_syntax(write_sweep) -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_sweep(write_sweep(MINIMAL), ["num_samples"])

@@ -132,7 +132,7 @@ def test_a_workers_metrics_are_what_its_weights_give_in_process(path: Path, tmp_
     config = json.loads(
         Path(stored.client.download_artifacts(parent, "best_config.json", str(tmp_path))).read_text()
     )
-    data = experiment.load_data(seed=spec.search.seed)
+    data = experiment.load_data(seed=spec.data_seed)
     model = experiment.build_model({**TRAINER_DEFAULTS, **experiment.default_config, **config}, data)
     model.load_state_dict(torch.load(weights, weights_only=True))
     val_loss, metrics = _evaluate(experiment, model, data.val)

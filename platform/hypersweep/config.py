@@ -61,7 +61,8 @@ class SchedulerSpec(_Frozen):
 
 
 class SearchSpec(_Frozen):
-    """optuna = seeded TPE; random = seeded random sampling (same space, same conditions)."""
+    """optuna = seeded TPE; random = seeded random sampling (same space, same conditions). The seed
+    is the sampler's, and the data's too unless ``training.seed`` sets that apart."""
 
     type: Literal["optuna", "random"] = "optuna"
     seed: Annotated[int, Field(ge=0)] = 0
@@ -99,6 +100,9 @@ class TrainingSpec(_Frozen):
     # Seconds between the checkpoints a retried trial resumes from (0: one with every report).
     # ASHA's rung epochs and a trial's last epoch always get one, so weights stay exact.
     checkpoint_every_s: Annotated[float, Field(ge=0)] = 10.0
+    # Seed of the data split, the weights' initialisation and the batch order; null: search.seed.
+    # Set it to compare searches (search.seed varying) on one split and one initialisation.
+    seed: Annotated[int | None, Field(ge=0)] = None
 
 
 class SweepSpec(_Frozen):
@@ -148,6 +152,11 @@ class SweepSpec(_Frozen):
             raise _KeyedError(f"fixed.{clash[0]}", "is also in the search space")
         _check_trainer_values(self.fixed, self.search_space)
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data split and of every trial's initialisation and batch order."""
+        return self.search.seed if self.training.seed is None else self.training.seed
 
     def resolved(self) -> dict[str, Any]:
         """The sweep as plain data, search space inlined: what the parent run stores."""

@@ -88,7 +88,7 @@ def load_sweep_data(spec: SweepSpec, roots: list[str]) -> SweepData:
     experiment = cls()
     experiment.configure(dict(spec.fixed))
     try:
-        data = experiment.load_data(seed=spec.search.seed)
+        data = experiment.load_data(seed=spec.data_seed)
     except Exception as exc:
         what = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError(str(spec.source), "experiment", f"loading its data failed: {what}") from None

@@ -512,7 +512,7 @@ def _trainable_of(
         roots=tuple(roots),
         settings=TrainSettings(
             max_epochs=spec.max_epochs,
-            seed=spec.search.seed,
+            seed=spec.data_seed,
             patience=spec.training.patience,
             min_delta=spec.training.min_delta,
             divergence_factor=spec.training.divergence_factor,
