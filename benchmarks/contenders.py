@@ -80,7 +80,7 @@ class NullClient:
         if name in ("create_run",):
             return lambda *a, **k: SimpleNamespace(info=SimpleNamespace(run_id=uuid.uuid4().hex))
         if name in ("get_experiment_by_name",):
-            return lambda *a, **k: SimpleNamespace(experiment_id="0")
+            return lambda *a, **k: SimpleNamespace(experiment_id="0", tags={})
         return lambda *a, **k: None
 
 

@@ -6,7 +6,8 @@ trial to max_epochs (patience off; the divergence guard stays, so a diverging ra
 diverged, as in any real sweep), into a fresh SQLite store, and exports from MLflow to
 ``benchmarks/tables/<sweep>.json``:
 
-* per trial: its configuration (typed), the sweep's metric per epoch, each epoch's wall time
+* per trial: its configuration (typed), the sweep's metric and val_loss (what patience watches)
+  per epoch, each epoch's wall time
   (from the epoch timestamps MLflow keeps) and whether it diverged;
 * per table: the metric, mode, max_epochs, the search space, and the per-trial overhead of the
   real sweep (a trial's start to its first epoch's end, less that epoch's own time; median).
@@ -82,12 +83,14 @@ def export(uri: str, sweep_file: Path) -> dict[str, Any]:
         if len(times) > 1:
             times[0] = statistics.median(times[1:])  # the first epoch's own time, start-up apart
         diverged = run.data.tags.get("hypersweep.status") == "diverged"
+        trained = range(1, len(losses) - diverged + 1)  # the diverged epoch has no result (see scoring)
         by_step = {m.step: m.value for m in history}
-        trained = len(losses) - diverged  # the diverged epoch has no result (see scoring)
+        val_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
         rows.append(
             {
                 "config": {k: _typed(v) for k, v in run.data.params.items() if k in spec.search_space.names},
-                "curve": [by_step.get(step) for step in range(1, trained + 1)],
+                "curve": [by_step.get(step) for step in trained],
+                "val_loss": [val_loss.get(step) for step in trained],  # what patience watches
                 "times": [round(t, 4) for t in times],
                 "diverged": diverged,
             }

@@ -21,9 +21,9 @@ from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler
 from hypersweep import trial
 from hypersweep.config import build_spec
 from hypersweep.errors import ConfigError
+from hypersweep.schedulers import decision_epochs
 from hypersweep.tracking import EPOCH_TIME, SweepRecorder
 from hypersweep.trainer import TrainerState, TrainSettings
-from hypersweep.tuning import decision_epochs
 from tests.mlflow_store import read_sweep
 
 

@@ -56,10 +56,11 @@ class StudySearcher(OptunaSearch):
         metric: str,
         mode: str,
         sampler: optuna.samplers.BaseSampler,
-        study_file: Path,
+        study_file: Path | None,
         study_name: str,
     ) -> None:
-        storage = JournalStorage(JournalFileBackend(str(study_file)))
+        """``study_file``: the journal the study lives in; None keeps it in memory (replays)."""
+        storage = JournalStorage(JournalFileBackend(str(study_file))) if study_file else None
         super().__init__(
             space=space, metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study_name
         )
@@ -152,6 +153,31 @@ class StudySearcher(OptunaSearch):
                 step = max(frozen.intermediate_values)
                 progress[trial_id] = (step, float(frozen.intermediate_values[step]))
         return progress
+
+
+def make_searcher(
+    search: str,
+    *,
+    seed: int,
+    space: Callable[[optuna.Trial], Any],
+    metric: str,
+    mode: str,
+    study_file: Path | None,
+    study_name: str,
+    told: str = "truth",
+) -> OptunaSearch:
+    """A seeded searcher: ``search`` optuna (TPE) or random. ``told`` truth: ``StudySearcher``;
+    ray: Ray's ``OptunaSearch`` as it ships (replays compare the two; its study stays in memory)."""
+    sampler: optuna.samplers.BaseSampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if search == "optuna"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    if told == "ray":
+        return OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
+    return StudySearcher(
+        space=space, metric=metric, mode=mode, sampler=sampler, study_file=study_file, study_name=study_name
+    )
 
 
 def study_of(folder: Path, sweep_id: str) -> optuna.Study:

@@ -23,7 +23,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.execution import class_cache
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
@@ -43,7 +43,8 @@ from hypersweep.manifest import (
 )
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.registry import load_sweep_data, resolve_experiment
-from hypersweep.searcher import STUDY_FILE, StudySearcher
+from hypersweep.schedulers import decision_epochs, make_scheduler
+from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
@@ -481,7 +482,7 @@ def build_tuner(
             mode=spec.mode,
             num_samples=spec.num_samples,
             search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id),
-            scheduler=_scheduler(spec),
+            scheduler=make_scheduler(spec.scheduler, max_epochs=spec.max_epochs),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
             max_concurrent_trials=concurrent,
             # Trials reuse worker processes: no actor start-up, imports or data load per trial.
@@ -537,52 +538,15 @@ def _trainable_of(
     )
 
 
-def decision_epochs(spec: SweepSpec) -> frozenset[int]:
-    """The epochs at which the scheduler decides, where a trial always reports (with a
-    checkpoint): every rung of every ASHA / Hyperband bracket (see ``SchedulerSpec.rungs``), and
-    for the median rule every epoch from its grace period on (it judges a trial at any result,
-    and a batched report would let a fast trial finish before it was ever judged). FIFO decides
-    nothing."""
-    scheduler = spec.scheduler
-    if scheduler.type == "median":
-        return frozenset(range(scheduler.grace_period, spec.max_epochs + 1))
-    brackets = {"asha": 1, "hyperband": scheduler.brackets}.get(scheduler.type, 0)
-    return frozenset(e for s in range(brackets) for e in scheduler.rungs(spec.max_epochs, s))
-
-
-def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> StudySearcher:
-    seed = spec.search.seed
-    sampler: optuna.samplers.BaseSampler = (
-        optuna.samplers.TPESampler(seed=seed)
-        if spec.search.type == "optuna"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
-    return StudySearcher(
+def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> OptunaSearch:
+    return make_searcher(
+        spec.search.type,
+        seed=spec.search.seed,
         space=spec.search_space.define_by_run,
         metric=spec.metric,
         mode=spec.mode,
-        sampler=sampler,
         study_file=study_file,
         study_name=sweep_id,
-    )
-
-
-def _scheduler(spec: SweepSpec) -> TrialScheduler:
-    scheduler = spec.scheduler
-    if scheduler.type == "fifo":
-        return FIFOScheduler()
-    if scheduler.type == "median":
-        return MedianStoppingRule(
-            time_attr="epoch",
-            grace_period=scheduler.grace_period,
-            min_samples_required=scheduler.min_samples_required,
-        )
-    return AsyncHyperBandScheduler(  # ASHA is its one-bracket case
-        time_attr="epoch",
-        max_t=spec.max_epochs,
-        grace_period=scheduler.grace_period,
-        reduction_factor=scheduler.reduction_factor,
-        brackets=scheduler.brackets if scheduler.type == "hyperband" else 1,
     )
 
 

@@ -1,0 +1,254 @@
+"""Replaying sweep settings on recorded learning curves, in simulated time.
+
+A *table* holds full learning curves of many configurations (a FIFO sweep's, recorded once). A
+replay runs a sweep of other settings against it without training anything: ``workers`` trials at
+once on a simulated clock, each epoch taking its recorded time, each trial its measured start-up
+overhead. The decisions come from the real parts: Ray Tune's scheduler classes (ASHA / Hyperband,
+the median rule, FIFO) and the platform's own searcher (``searcher.StudySearcher`` over Optuna's
+samplers), called as Ray Tune calls them. A proposed configuration trains as the nearest recorded
+one (as Syne Tune's tabulated benchmarks do): numbers compared on their search scale (log for
+``loguniform``), choices by equality, a parameter only one side has counting as far apart.
+
+Within a trial the platform's own rules apply: the trial's result so far (``scoring``) is what the
+scheduler and searcher see, patience on val_loss stops it, and a recorded divergence ends it as
+diverged. No MLflow here: a replay is pure computation (``hypersweep replay``, the search benchmark).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from hypersweep import scoring
+from hypersweep.config import SchedulerSpec
+from hypersweep.schedulers import make_scheduler
+from hypersweep.search_space import Choice, IntParam, LogUniform, SearchSpace, Uniform, parse_search_space
+from hypersweep.searcher import make_searcher
+from hypersweep.trial import HISTORY
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One recorded trial: metric and val_loss per trained epoch, each epoch's seconds (the
+    diverged one included), and whether it diverged after its last trained epoch."""
+
+    config: Mapping[str, Any]
+    values: Sequence[float | None]
+    val_loss: Sequence[float | None]
+    times: Sequence[float]
+    diverged: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    metric: str
+    mode: str
+    max_epochs: int
+    space: SearchSpace
+    overhead_s: float
+    curves: tuple[Curve, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Table:
+        curves = tuple(
+            Curve(t["config"], t["curve"], t.get("val_loss") or t["curve"], t["times"], t["diverged"])
+            for t in data["trials"]
+        )
+        space = parse_search_space(data["search_space"], source="table")
+        return cls(data["metric"], data["mode"], int(data["max_epochs"]), space, data["overhead_s"], curves)
+
+    def results(self) -> list[float]:
+        """Each curve's result (its best epoch); diverged curves have the worst."""
+        out = []
+        for curve in self.curves:
+            best = scoring.NONE_YET
+            for value in curve.values:
+                best = scoring.better(best, value, self.mode)
+            out.append(scoring.worst(self.mode) if curve.diverged else scoring.or_worst(best, self.mode))
+        return out
+
+    def best(self) -> float:
+        sign = 1 if self.mode == "min" else -1
+        return sign * min(sign * r for r in self.results())
+
+
+@dataclass(frozen=True)
+class Setting:
+    scheduler: SchedulerSpec
+    search: str = "optuna"  # optuna | random
+    told: str = "truth"  # truth: StudySearcher; ray: Ray's OptunaSearch as it ships
+    num_samples: int = 32
+    workers: int = 2
+    patience: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Trace:
+    """What a replay did: after each simulated epoch, the clock, the epochs trained so far and
+    the sweep's best result so far (diverging trials never count)."""
+
+    times: list[float] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    stopped: int = 0  # trials the scheduler stopped
+
+
+class _Nearest:
+    """Maps a proposed configuration to the index of the nearest recorded one."""
+
+    def __init__(self, table: Table) -> None:
+        self.names = list(table.space.names)
+        self.entries = dict(table.space.entries)
+        self.rows = np.array([self._vector(c.config) for c in table.curves])  # (N, P)
+
+    def __call__(self, config: Mapping[str, Any]) -> int:
+        point = np.array(self._vector(config))
+        apart = np.where(np.isnan(self.rows) | np.isnan(point), 1.0, np.abs(self.rows - point))
+        return int(np.argmin((apart**2).sum(axis=1)))
+
+    def _vector(self, config: Mapping[str, Any]) -> list[float]:
+        return [self._scale(name, config.get(name)) for name in self.names]
+
+    def _scale(self, name: str, value: Any) -> float:
+        """A value on its search scale in [0, 1]; choices by their index; NaN when absent."""
+        entry = self.entries[name]
+        if value is None:
+            return math.nan
+        if isinstance(entry, Choice):
+            return float(entry.values.index(value)) * 2.0 if value in entry.values else math.nan
+        if isinstance(entry, LogUniform):
+            return (math.log(value) - math.log(entry.low)) / (math.log(entry.high) - math.log(entry.low))
+        if isinstance(entry, Uniform | IntParam):
+            return (float(value) - entry.low) / max(entry.high - entry.low, 1e-12)
+        return 0.0
+
+
+class _Controller:
+    """What Ray's schedulers ask of Tune's controller: the live trials (none ever pending here:
+    the platform runs as many trials as there are workers, with no queue)."""
+
+    def get_live_trials(self) -> list[Any]:
+        return []
+
+
+@dataclass(eq=False)
+class _SimTrial:
+    trial_id: str
+    curve: Curve
+    epoch: int = 0
+    so_far: float = scoring.NONE_YET
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+    status: str = Trial.RUNNING
+
+
+def replay(table: Table, setting: Setting) -> Trace:
+    """One simulated sweep of ``setting`` over ``table``."""
+    return _Replay(table, setting).run()
+
+
+class _Replay:
+    def __init__(self, table: Table, setting: Setting) -> None:
+        self.table, self.setting = table, setting
+        self.nearest = _Nearest(table)
+        self.searcher = make_searcher(
+            setting.search,
+            seed=setting.seed,
+            space=table.space.define_by_run,
+            metric=table.metric,
+            mode=table.mode,
+            study_file=None,
+            study_name="replay",
+            told=setting.told,
+        )
+        self.scheduler = make_scheduler(setting.scheduler, max_epochs=table.max_epochs)
+        self.scheduler.set_search_properties(table.metric, table.mode)
+        self.controller = _Controller()
+        self.trace = Trace()
+        self.queue: list[tuple[float, int, _SimTrial]] = []
+        self.started = self.epochs = self.pushed = 0
+        self.best = scoring.NONE_YET
+
+    def run(self) -> Trace:
+        for _ in range(min(self.setting.workers, self.setting.num_samples)):
+            self._start(0.0)
+        while self.queue:
+            clock, _, trial = heapq.heappop(self.queue)
+            if self._epoch(clock, trial) and self.started < self.setting.num_samples:
+                self._start(clock)
+        return self.trace
+
+    def _start(self, clock: float) -> None:
+        trial_id = f"{self.started:05d}"
+        self.started += 1
+        config = self.searcher.suggest(trial_id) or {}
+        trial = _SimTrial(trial_id, self.table.curves[self.nearest(config)])
+        self.scheduler.on_trial_add(self.controller, trial)  # type: ignore[arg-type]
+        self._schedule(clock + self.table.overhead_s, trial)
+
+    def _schedule(self, clock: float, trial: _SimTrial) -> None:
+        seconds = trial.curve.times[trial.epoch] if trial.epoch < len(trial.curve.times) else 0.0
+        self.pushed += 1  # ties on the clock go in the order they were scheduled
+        heapq.heappush(self.queue, (clock + seconds, self.pushed, trial))
+
+    def _epoch(self, clock: float, trial: _SimTrial) -> bool:
+        """The trial's next epoch ends at ``clock``; True when the trial ended with it."""
+        trial.epoch += 1
+        self.epochs += 1
+        curve, epoch, mode = trial.curve, trial.epoch, self.table.mode
+        diverged = curve.diverged and epoch > len(curve.values)
+        record: dict[str, Any] = {"epoch": epoch}
+        if diverged:
+            record["stop_reason"] = "diverged"
+        else:
+            value = curve.values[epoch - 1]
+            record[self.table.metric] = value
+            trial.so_far = scoring.better(trial.so_far, value, mode)
+            if not curve.diverged:
+                self.best = scoring.better(self.best, value, mode)
+            reason = self._own_stop(trial)
+            if reason:
+                record["stop_reason"] = reason
+        metric = scoring.worst(mode) if diverged else scoring.or_worst(trial.so_far, mode)
+        # As Tune's result: training_iteration counts reports (Ray's own searcher reads it).
+        result = {**record, self.table.metric: metric, HISTORY: [record], "training_iteration": epoch}
+        self._note(clock)
+        if "stop_reason" in record:
+            return self._end(trial, result)
+        decision = self.scheduler.on_trial_result(self.controller, trial, result)  # type: ignore[arg-type]
+        if decision == TrialScheduler.STOP:
+            self.trace.stopped += 1
+            return self._end(trial, result)
+        self.searcher.on_trial_result(trial.trial_id, result)
+        self._schedule(clock, trial)
+        return False
+
+    def _own_stop(self, trial: _SimTrial) -> str:
+        """The trainer's own reasons: the last epoch, or patience on val_loss."""
+        if trial.epoch >= self.table.max_epochs:
+            return "completed"
+        loss = trial.curve.val_loss[trial.epoch - 1]
+        if loss is not None and loss < trial.best_loss:
+            trial.best_loss, trial.bad_epochs = loss, 0
+            return ""
+        trial.bad_epochs += 1
+        patience = self.setting.patience
+        return "patience" if patience is not None and trial.bad_epochs >= patience else ""
+
+    def _end(self, trial: _SimTrial, result: dict[str, Any]) -> bool:
+        self.searcher.on_trial_complete(trial.trial_id, result)
+        self.scheduler.on_trial_complete(self.controller, trial, result)  # type: ignore[arg-type]
+        return True
+
+    def _note(self, clock: float) -> None:
+        self.trace.times.append(clock)
+        self.trace.epochs.append(self.epochs)
+        self.trace.best.append(self.best)
