@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hypersweep.searcher import STUDY_FILE, study_of
 from hypersweep.tracking.state import read_state
 from hypersweep.tuning import TRACKING_STATE
 from tests.chaos_tools import (
@@ -150,12 +151,19 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
     assert rc == 0, out + err
     if how.endswith("URI"):
         assert (tmp_path / "store" / folder.name / "tuner.pkl").is_file()
-        assert sorted(p.name for p in folder.iterdir()) == [TRACKING_STATE, "hypersweep.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [TRACKING_STATE, "hypersweep.json", STUDY_FILE]
         assert not (tmp_path / "file:").exists()
     ledger = counts(uri)
     assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
     assert ledger.statuses == {"completed": 3}
     assert steps(uri) == [[1, 2, 3, 4, 5]] * 3
+    # The searcher's study went on in the same journal: the 3 trials told COMPLETE, each once
+    # (a trial asked for after Tune's last snapshot and never run is FAIL, not RUNNING for good).
+    told = study_of(folder, folder.name).trials
+    assert sorted(t.state.name for t in told if t.state.name != "FAIL") == ["COMPLETE"] * 3
+    children = read_sweep(uri, NAME).children
+    ids = {c.data.tags["hypersweep.trial_id"] for c in children}
+    assert {t.user_attrs["trial_id"] for t in told if t.state.name == "COMPLETE"} == ids
     # A trial finished before the crash never trains again: its untrained model and its 5 epochs
     # were evaluated once each. (Tune may rebuild it from its final checkpoint, with nothing to do.)
     for lr in finished_before:

@@ -101,8 +101,10 @@ def test_a_restored_searcher_continues_from_what_the_study_holds(tmp_path):
     snapshot = tmp_path / "searcher.pkl"
     searcher.save(str(snapshot))
     searcher.on_trial_result("x", _report([0.3], first=2))  # after the snapshot, then a crash
+    searcher.suggest("lost")  # asked for after the snapshot: the restored Tune never knew it
     restored = _searcher(tmp_path)
     restored.restore(str(snapshot))
+    assert [t.state for t in study_of(tmp_path, "s").trials] == [TrialState.RUNNING, TrialState.FAIL]
     restored.on_trial_complete("x", _report([0.5, 0.4], first=2, stop_reason="completed"))
     trial = _trial(tmp_path, "x")
     assert trial.intermediate_values == {1: 0.9, 2: 0.3, 3: 0.3} and trial.value == 0.3

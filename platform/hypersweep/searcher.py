@@ -104,6 +104,16 @@ class StudySearcher(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._progress = self._progress_in_study()
+        self._fail_lost_trials()
+
+    def _fail_lost_trials(self) -> None:
+        """Trials asked for after Tune's last snapshot of this searcher: Tune never ran them to an
+        end and will not (their runs are dropped on resume); left RUNNING they would stay so in
+        the study for good, and TPE would count them as running forever."""
+        known = {ot_trial.number for ot_trial in self._ot_trials.values()}
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self.study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
 
     def _outcome(
         self, trial_id: str, result: Mapping[str, Any] | None, error: bool
