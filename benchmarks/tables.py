@@ -4,13 +4,8 @@
 shipped sweep, a FIFO random sweep of ``--trials`` configurations from its own search space, every
 trial to max_epochs (patience off; the divergence guard stays, so a diverging rate ends where it
 diverged, as in any real sweep), into a fresh SQLite store, and exports from MLflow to
-``benchmarks/tables/<sweep>.json``:
-
-* per trial: its configuration (typed), the sweep's metric and val_loss (what patience watches)
-  per epoch, each epoch's wall time
-  (from the epoch timestamps MLflow keeps) and whether it diverged;
-* per table: the metric, mode, max_epochs, the search space, and the per-trial overhead of the
-  real sweep (a trial's start to its first epoch's end, less that epoch's own time; median).
+``benchmarks/tables/<sweep>.json`` (the format of ``hypersweep.tracking.curves``: per trial its
+configuration, metric and val_loss per epoch, epoch times; the sweep's cost per trial).
 
 The search benchmark (``benchmarks.search``) replays these without training anything.
 """
@@ -18,9 +13,7 @@ The search benchmark (``benchmarks.search``) replays these without training anyt
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
 from hypersweep.config import load_sweep
+from hypersweep.tracking.curves import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "benchmarks" / "tables"
@@ -66,62 +58,11 @@ def record(name: str, trials: int, out: Path = TABLES) -> Path:
 
 
 def export(uri: str, sweep_file: Path) -> dict[str, Any]:
-    """A finished FIFO sweep in MLflow -> a replay table (see the module's docstring)."""
+    """A finished FIFO sweep in MLflow -> a replay table (``hypersweep.tracking.curves``)."""
     spec = load_sweep(sweep_file)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(spec.name)
-    assert experiment is not None, f"no experiment {spec.name} in {uri}"
-    found = client.search_runs([experiment.experiment_id], max_results=10_000)
-    runs = [r for r in found if r.data.tags.get("hypersweep.role") == "trial"]
-    (parent,) = [r for r in found if r.data.tags.get("hypersweep.role") == "sweep"]
-    rows: list[dict[str, Any]] = []
-    for run in sorted(runs, key=lambda r: r.info.start_time):
-        history = sorted(client.get_metric_history(run.info.run_id, spec.metric), key=lambda m: m.step)
-        losses = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
-        stamps = [run.info.start_time] + [m.timestamp for m in losses]
-        times = [max(0.0, (b - a) / 1000) for a, b in itertools.pairwise(stamps)]
-        if len(times) > 1:
-            times[0] = statistics.median(times[1:])  # the first epoch's own time, start-up apart
-        diverged = run.data.tags.get("hypersweep.status") == "diverged"
-        trained = range(1, len(losses) - diverged + 1)  # the diverged epoch has no result (see scoring)
-        by_step = {m.step: m.value for m in history}
-        val_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
-        rows.append(
-            {
-                "config": {k: _typed(v) for k, v in run.data.params.items() if k in spec.search_space.names},
-                "curve": [by_step.get(step) for step in trained],
-                "val_loss": [val_loss.get(step) for step in trained],  # what patience watches
-                "times": [round(t, 4) for t in times],
-                "diverged": diverged,
-            }
-        )
-    return {
-        "sweep": sweep_file.name,
-        "metric": spec.metric,
-        "mode": spec.mode,
-        "max_epochs": spec.max_epochs,
-        "search_space": spec.search_space.as_dict(),
-        **_overhead(parent, runs, rows),
-        "trials": rows,
-    }
-
-
-def _overhead(parent: Any, runs: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The platform's cost per trial in the real sweep: its wall time times the trials it ran at
-    once, less the epochs' own times, per trial (start-up, scheduling, reports, checkpoints)."""
-    edges = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
-    workers = max(itertools.accumulate(step for _, step in edges))
-    wall = (max(r.info.end_time for r in runs) - parent.info.start_time) / 1000
-    trained = sum(sum(row["times"]) for row in rows)
-    return {"workers": workers, "overhead_s": round(max(0.0, (wall * workers - trained) / len(rows)), 4)}
-
-
-def _typed(text: str) -> Any:
-    """A param as MLflow holds it (strings as they are, other values as JSON) -> its value."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    table = read_table(spec.name, tracking_uri=uri)
+    table["sweep"] = sweep_file.name
+    return table
 
 
 def load_table(name: str, folder: Path = TABLES) -> dict[str, Any]:

@@ -87,3 +87,26 @@ class Progress:
             parts.append(f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})")
         parts.append(f"{time.monotonic() - self.started:.0f}s")
         return Text(" · ".join(parts))
+
+
+def replay_table(table: Mapping[str, Any], outcomes: Sequence[Any], *, seeds: int) -> Any:
+    """``hypersweep replay``'s table: one row per setting, medians over ``seeds`` replays."""
+    from rich.table import Table
+
+    metric = table["metric"]
+    view = Table(title=f"replays of {table['sweep']}: median of {seeds} seeds each", title_justify="left")
+    for column in ("scheduler", "grace", "factor", "search", f"best {metric}", "epochs", "sim. time"):
+        view.add_column(column, justify="left" if column in ("scheduler", "search") else "right")
+    for o in outcomes:
+        s = o.setting.scheduler
+        numbers = [f"{o.best:.4g}", f"{o.epochs:.0f}", f"{o.seconds:.0f} s"]
+        if o.guessed:  # never a guess: say what is missing instead
+            numbers = [f"not exact ({o.guessed}/{seeds} seeds)", "", ""]
+        view.add_row(
+            s.type,
+            "" if s.type == "fifo" else str(s.grace_period),
+            f"{s.reduction_factor:g}" if s.type in ("asha", "hyperband") else "",
+            o.setting.search,
+            *numbers,
+        )
+    return view

@@ -19,10 +19,11 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import optuna
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
@@ -33,17 +34,21 @@ from hypersweep.search_space import Choice, IntParam, LogUniform, SearchSpace, U
 from hypersweep.searcher import make_searcher
 from hypersweep.trial import HISTORY
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per replay: no line for each
+
 
 @dataclass(frozen=True)
 class Curve:
     """One recorded trial: metric and val_loss per trained epoch, each epoch's seconds (the
-    diverged one included), and whether it diverged after its last trained epoch."""
+    diverged one included), whether it diverged after its last trained epoch, and whether the
+    recorded sweep's scheduler cut it short (its later epochs are unknown)."""
 
     config: Mapping[str, Any]
     values: Sequence[float | None]
     val_loss: Sequence[float | None]
     times: Sequence[float]
     diverged: bool
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,14 @@ class Table:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Table:
         curves = tuple(
-            Curve(t["config"], t["curve"], t.get("val_loss") or t["curve"], t["times"], t["diverged"])
+            Curve(
+                t["config"],
+                t["curve"],
+                t.get("val_loss") or t["curve"],
+                t["times"],
+                t["diverged"],
+                cut=t.get("stop_reason", "completed") not in _OWN_ENDS,
+            )
             for t in data["trials"]
         )
         space = parse_search_space(data["search_space"], source="table")
@@ -99,6 +111,11 @@ class Trace:
     epochs: list[int] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
     stopped: int = 0  # trials the scheduler stopped
+    guessed: int = 0  # trials that needed epochs a cut curve does not hold: the replay is not exact
+
+
+# What a trial's own rules end it with; any other recorded end was the scheduler's (or an error).
+_OWN_ENDS = {"completed", "patience", "diverged"}
 
 
 class _Nearest:
@@ -227,6 +244,9 @@ class _Replay:
         if decision == TrialScheduler.STOP:
             self.trace.stopped += 1
             return self._end(trial, result)
+        if curve.cut and epoch >= len(curve.values):
+            self.trace.guessed += 1  # it would train on, but what comes next was never recorded
+            return self._end(trial, result)
         self.searcher.on_trial_result(trial.trial_id, result)
         self._schedule(clock, trial)
         return False
@@ -252,3 +272,58 @@ class _Replay:
         self.trace.times.append(clock)
         self.trace.epochs.append(self.epochs)
         self.trace.best.append(self.best)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A setting replayed with several seeds: medians over them."""
+
+    setting: Setting
+    best: float  # the sweep's best result
+    epochs: float  # epochs trained in all
+    seconds: float  # simulated wall time
+    guessed: int  # seeds in which a trial needed epochs a cut curve lacks (0: exact)
+
+
+def compare(table: Table, settings: Sequence[Setting], seeds: int) -> list[Outcome]:
+    """Each setting replayed with seeds 0..seeds-1."""
+    out = []
+    for setting in settings:
+        traces = [replay(table, replace(setting, seed=seed)) for seed in range(seeds)]
+        out.append(
+            Outcome(
+                setting,
+                best=float(np.median([t.best[-1] for t in traces])),
+                epochs=float(np.median([t.epochs[-1] for t in traces])),
+                seconds=float(np.median([t.times[-1] for t in traces])),
+                guessed=sum(t.guessed > 0 for t in traces),
+            )
+        )
+    return out
+
+
+def settings_grid(
+    base: SchedulerSpec,
+    *,
+    schedulers: Sequence[str],
+    grace_periods: Sequence[int],
+    reduction_factors: Sequence[float],
+    searches: Sequence[str],
+    num_samples: int,
+    workers: int,
+    patience: int | None,
+) -> list[Setting]:
+    """Every combination, each scheduler validated as a sweep file's would be (FIFO once, as
+    grace period and reduction factor mean nothing to it)."""
+    out: list[Setting] = []
+    for kind in schedulers:
+        graces = grace_periods if kind != "fifo" else grace_periods[:1]
+        factors = reduction_factors if kind in ("asha", "hyperband") else reduction_factors[:1]
+        for grace in graces:
+            for factor in factors:
+                scheduler = SchedulerSpec.model_validate(
+                    {**base.model_dump(), "type": kind, "grace_period": grace, "reduction_factor": factor}
+                )
+                for search in searches:
+                    out.append(Setting(scheduler, search, "truth", num_samples, workers, patience))
+    return out
