@@ -294,7 +294,7 @@ def best(sweep: str, tracking_uri: str | None) -> None:
     "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 )
 @click.option(
-    "--scheduler", default="asha", show_default=True, help="Comma-separated: asha,hyperband,median,fifo."
+    "--scheduler", default="asha,fifo", show_default=True, help="Comma-separated: asha,hyperband,median,fifo."
 )
 @click.option("--grace-period", help="Comma-separated epochs (default: the sweep's).")
 @click.option("--reduction-factor", help="Comma-separated factors (default: the sweep's).")
@@ -320,8 +320,9 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
     _out.print(replay_table(data, outcomes, seeds=seeds))
     if any(o.guessed for o in outcomes):
         _out.print(
-            "not exact: a replayed trial would have trained past where the recorded sweep's scheduler "
-            "stopped it, and its later epochs are unknown; a FIFO sweep replays every setting exactly"
+            "not exact: k/n: in k of the n replays a trial would have trained past where the recorded "
+            "sweep's scheduler stopped it, and its later epochs are unknown; a FIFO sweep replays every "
+            "setting exactly"
         )
 
 

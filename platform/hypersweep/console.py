@@ -96,12 +96,14 @@ def replay_table(table: Mapping[str, Any], outcomes: Sequence[Any], *, seeds: in
     metric = table["metric"]
     view = Table(title=f"replays of {table['sweep']}: median of {seeds} seeds each", title_justify="left")
     for column in ("scheduler", "grace", "factor", "search", f"best {metric}", "epochs", "sim. time"):
-        view.add_column(column, justify="left" if column in ("scheduler", "search") else "right")
+        view.add_column(
+            column, justify="left" if column in ("scheduler", "search") else "right", no_wrap=True
+        )
     for o in outcomes:
         s = o.setting.scheduler
         numbers = [f"{o.best:.4g}", f"{o.epochs:.0f}", f"{o.seconds:.0f} s"]
         if o.guessed:  # never a guess: say what is missing instead
-            numbers = [f"not exact ({o.guessed}/{seeds} seeds)", "", ""]
+            numbers = [f"not exact: {o.guessed}/{seeds}", "", ""]
         view.add_row(
             s.type,
             "" if s.type == "fifo" else str(s.grace_period),
