@@ -95,11 +95,15 @@ class Table:
 class Setting:
     scheduler: SchedulerSpec
     search: str = "optuna"  # optuna | random
-    told: str = "truth"  # truth: StudySearcher; ray: Ray's OptunaSearch as it ships
+    # truth: the platform (StudySearcher, results as ``scoring`` defines them); ray: a plain Ray
+    # Tune script (OptunaSearch as it ships, each epoch's own value reported)
+    told: str = "truth"
     num_samples: int = 32
     workers: int = 2
     patience: int | None = None
     seed: int = 0
+    startup_trials: int = 10  # TPE's random trials first
+    group: bool = False  # TPE models a conditional space's branches apart
 
 
 @dataclass
@@ -185,6 +189,8 @@ class _Replay:
             study_file=None,
             study_name="replay",
             told=setting.told,
+            startup_trials=setting.startup_trials,
+            group=setting.group,
         )
         self.scheduler = make_scheduler(setting.scheduler, max_epochs=table.max_epochs)
         self.scheduler.set_search_properties(table.metric, table.mode)
@@ -235,6 +241,12 @@ class _Replay:
             if reason:
                 record["stop_reason"] = reason
         metric = scoring.worst(mode) if diverged else scoring.or_worst(trial.so_far, mode)
+        if self.setting.told == "ray" and not diverged:
+            # A plain Ray Tune script reports each epoch's own value: what ASHA compares at a
+            # rung and what OptunaSearch tells as the trial's value is the last one, not its best.
+            metric = scoring.or_worst(
+                scoring.better(scoring.NONE_YET, record.get(self.table.metric), mode), mode
+            )
         # As Tune's result: training_iteration counts reports (Ray's own searcher reads it).
         result = {**record, self.table.metric: metric, HISTORY: [record], "training_iteration": epoch}
         self._note(clock)

@@ -175,11 +175,15 @@ def make_searcher(
     study_file: Path | None,
     study_name: str,
     told: str = "truth",
+    startup_trials: int = 10,
+    group: bool = False,
 ) -> OptunaSearch:
-    """A seeded searcher: ``search`` optuna (TPE) or random. ``told`` truth: ``StudySearcher``;
-    ray: Ray's ``OptunaSearch`` as it ships (replays compare the two; its study stays in memory)."""
+    """A seeded searcher: ``search`` optuna (TPE: ``startup_trials`` random ones first; ``group``
+    models the branches of a conditional space apart) or random. ``told`` truth:
+    ``StudySearcher``; ray: Ray's ``OptunaSearch`` as it ships (replays compare the two; its study
+    stays in memory)."""
     sampler: optuna.samplers.BaseSampler = (
-        optuna.samplers.TPESampler(seed=seed)
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, group=group)
         if search == "optuna"
         else optuna.samplers.RandomSampler(seed=seed)
     )
