@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 SWEEP ?= experiments/breast_cancer_mlp.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install sweep test test-gpu lint bench bench-gpu clean
+.PHONY: install sweep test test-gpu lint bench bench-gpu bench-search bench-tables bench-experiments clean
 
 install: $(STAMP)
 
@@ -38,6 +38,18 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(PY) -m benchmarks.gpu
+
+# Search quality, replayed on the committed tables (benchmarks/tables/): about 10 minutes.
+bench-search: $(STAMP)
+	$(PY) -m benchmarks.search
+
+# Record the replay tables again (real sweeps, 200 trials each: about 10 minutes on 2 cores).
+bench-tables: $(STAMP)
+	$(PY) -m benchmarks.tables record
+
+# The shipped sweeps, each run as a user would (the README's table of results).
+bench-experiments: $(STAMP)
+	$(PY) -m benchmarks.experiments
 
 clean:
 	rm -rf $(VENV) hypersweep_runs mlruns mlartifacts mlflow.db

@@ -25,6 +25,8 @@ import json
 import math
 import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -268,6 +270,64 @@ def _at(run: dict[str, Any], axis: str, x: float, best: float) -> float:
     return max(value, 1e-6)
 
 
+VALIDATED = ("random + ASHA", OURS)
+
+
+def validate(runs: list[dict[str, Any]], table_name: str, budget: int, seeds: int) -> list[dict[str, Any]]:
+    """Real sweeps (``hypersweep run``, the table's data seed, sampler seeds 0..seeds-1) of two
+    contenders, against the spread of their replays: does the simulator tell the truth?"""
+    from benchmarks.experiments import run_one
+
+    out = []
+    for contender in (c for c in CONTENDERS if c.name in VALIDATED):
+        simulated = [
+            r
+            for r in runs
+            if (r["table"], r["contender"], r["budget"]) == (table_name, contender.name, budget)
+        ]
+        for seed in range(seeds):
+            args = ["--num-samples", str(budget), "--scheduler", contender.scheduler]
+            args += ["--search", contender.search, "--seed", str(seed), "--set", "training.seed=0"]
+            with tempfile.TemporaryDirectory(prefix="hypersweep-validate-") as folder:
+                real = run_one(SWEEPS[table_name], args, Path(folder))
+            out.append(_against(contender.name, seed, real, simulated))
+            print(f"  validation: {contender.name}, seed {seed}: {out[-1]}", flush=True)
+    return out
+
+
+def _against(name: str, seed: int, real: dict[str, Any], simulated: list[dict[str, Any]]) -> dict[str, Any]:
+    bests = sorted(r["best"][-1] for r in simulated)
+    epochs = sorted(r["epochs"][-1] for r in simulated)
+    inside = bests[0] <= real["best"] <= bests[-1] and epochs[0] <= real["epochs_trained"] <= epochs[-1]
+    return {
+        "contender": name,
+        "seed": seed,
+        "real_best": real["best"],
+        "real_epochs": real["epochs_trained"],
+        "sim_best": [bests[0], bests[-1]],
+        "sim_epochs": [epochs[0], epochs[-1]],
+        "inside": inside,
+    }
+
+
+def validation_markdown(rows: list[dict[str, Any]], table_name: str, budget: int) -> str:
+    lines = [
+        "",
+        f"### Validation: real sweeps of {table_name}, {budget} trials, against their replays",
+        "",
+        "| contender | sampler seed | real best | replays' best | real epochs | replays' epochs | inside |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
+    for r in rows:
+        best = f"{r['sim_best'][0]:.4g}..{r['sim_best'][1]:.4g}"
+        epochs = f"{r['sim_epochs'][0]}..{r['sim_epochs'][1]}"
+        lines.append(
+            f"| {r['contender']} | {r['seed']} | {r['real_best']:.4g} | {best} | {r['real_epochs']} "
+            f"| {epochs} | {'yes' if r['inside'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Search quality on the recorded tables.")
     parser.add_argument("--tables", default=",".join(DEFAULT_TABLES))
@@ -275,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--validate", type=int, default=3, help="real sweeps per validated contender")
     args = parser.parse_args(argv)
     tables = [t for t in args.tables.split(",") if (TABLES / f"{t}.json").is_file()]
     if not tables:
@@ -286,14 +347,18 @@ def main(argv: list[str] | None = None) -> None:
         runs = list(pool.map(_one, jobs, chunksize=4))
     took = time.perf_counter() - started
     summary = summarise(runs, tables, budgets)
-    command = "python -m benchmarks.search " + " ".join(argv if argv is not None else [])
+    checked, budget = tables[0], min(32, max(budgets))
+    validation = validate(runs, checked, budget, args.validate) if args.validate else []
+    command = " ".join(["python -m benchmarks.search", *(sys.argv[1:] if argv is None else argv)])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search.json").write_text(
-        json.dumps({"summary": summary, "seeds": args.seeds}, indent=1) + "\n"
-    )
-    (args.out / "search.md").write_text(markdown(summary, budgets, args.seeds, command.strip(), took))
+    report = {"summary": summary, "seeds": args.seeds, "budgets": budgets, "validation": validation}
+    (args.out / "search.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(summary, budgets, args.seeds, command, took)
+    if validation:
+        text += validation_markdown(validation, checked, budget)
+    (args.out / "search.md").write_text(text)
     plot(runs, tables, max(budgets), args.out / "search.png")
-    print((args.out / "search.md").read_text())
+    print(text)
 
 
 if __name__ == "__main__":

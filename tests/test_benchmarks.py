@@ -141,3 +141,29 @@ def test_gpu_sampler_reads_every_gpu_of_each_report(tmp_path: Path, monkeypatch:
     assert len(sampler.samples) >= 3
     assert {(s.utilization, s.memory_mib) for s in sampler.samples} == {(40.0, 4000.0)}
     assert all(started <= s.at <= time.time() for s in sampler.samples)
+
+
+def test_search_statistics() -> None:
+    from benchmarks.search import iqm, regret, scaled_startup, time_to
+
+    assert iqm([1.0, 2.0, 3.0, 100.0]) == 2.5  # the middle half: an outlier does not move it
+    assert regret(0.101, 0.1) == pytest.approx(0.01) and regret(float("nan"), 0.1) == float("inf")
+    run = {"times": [1.0, 5.0, 9.0], "epochs": [3, 20, 40], "best": [0.2, 0.104, 0.1005]}
+    assert time_to(run, 0.1, 0.05, "times") == 5.0 and time_to(run, 0.1, 0.01, "epochs") == 40
+    assert time_to(run, 0.1, 0.001, "times") == float("inf")
+    assert [scaled_startup(n) for n in (16, 32, 64, 128)] == [4, 8, 10, 10]
+
+
+def test_search_benchmark_runs_on_a_committed_table(tmp_path: Path) -> None:
+    result = _module(
+        "benchmarks.search",
+        *("--tables", "breast_cancer_mlp", "--budgets", "16", "--seeds", "2", "--out", str(tmp_path)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "search.json").read_text())
+    contenders = report["summary"]["breast_cancer_mlp"]["contenders"]
+    assert "random + FIFO" in contenders and "TPE + ASHA (hypersweep)" in contenders
+    assert (tmp_path / "search.png").stat().st_size > 10_000 and "| random + FIFO |" in (
+        tmp_path / "search.md"
+    ).read_text()

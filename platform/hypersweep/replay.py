@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,6 +36,8 @@ from hypersweep.searcher import make_searcher
 from hypersweep.trial import HISTORY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per replay: no line for each
+# TPE's ``group`` is marked experimental: a warning per replay would bury the results.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass(frozen=True)
