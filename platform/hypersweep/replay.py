@@ -7,7 +7,8 @@ overhead. The decisions come from the real parts: Ray Tune's scheduler classes (
 the median rule, FIFO) and the platform's own searcher (``searcher.StudySearcher`` over Optuna's
 samplers), called as Ray Tune calls them. A proposed configuration trains as the nearest recorded
 one (as Syne Tune's tabulated benchmarks do): numbers compared on their search scale (log for
-``loguniform``), choices by equality, a parameter only one side has counting as far apart.
+``loguniform``), choices by equality, a parameter only one side has counting as far apart; each
+recorded configuration trains once per replay while any is left (see ``_Nearest``).
 
 Within a trial the platform's own rules apply: the trial's result so far (``scoring``) is what the
 scheduler and searcher see, patience on val_loss stops it, and a recorded divergence ends it as
@@ -126,17 +127,30 @@ _OWN_ENDS = {"completed", "patience", "diverged"}
 
 
 class _Nearest:
-    """Maps a proposed configuration to the index of the nearest recorded one."""
+    """Maps a proposed configuration to the index of the nearest recorded one not trained yet in
+    this replay (the nearest of all once every one has been).
+
+    Without replacement: two proposals of a real sweep are two configurations, however close, and
+    a model-based searcher refines near its best ones. Mapped to one recorded curve, each of those
+    would repeat the same result, and the searcher would spend its trials learning nothing new
+    (seen: TPE reached 32-43 distinct curves in 128 trials of a 200-curve table, random ~90).
+    """
 
     def __init__(self, table: Table) -> None:
         self.names = list(table.space.names)
         self.entries = dict(table.space.entries)
         self.rows = np.array([self._vector(c.config) for c in table.curves])  # (N, P)
+        self.used = np.zeros(len(self.rows), dtype=bool)
 
     def __call__(self, config: Mapping[str, Any]) -> int:
         point = np.array(self._vector(config))
         apart = np.where(np.isnan(self.rows) | np.isnan(point), 1.0, np.abs(self.rows - point))
-        return int(np.argmin((apart**2).sum(axis=1)))
+        distance = (apart**2).sum(axis=1)
+        if not self.used.all():
+            distance[self.used] = np.inf
+        index = int(np.argmin(distance))
+        self.used[index] = True
+        return index
 
     def _vector(self, config: Mapping[str, Any]) -> list[float]:
         return [self._scale(name, config.get(name)) for name in self.names]
