@@ -81,6 +81,11 @@ def test_a_trial_that_would_train_past_a_cut_curve_is_counted_as_guessed() -> No
     table = Table.from_json(_table(cut_at=3))
     assert replay(table, _setting("fifo")).guessed > 0  # FIFO trains every cut curve past epoch 3
     assert replay(table, _setting("asha")).guessed <= replay(table, _setting("fifo")).guessed
+    # A curve its own patience ended is whole for a replay with that patience, not for one without.
+    data = _table(cut_at=3)
+    for row in data["trials"]:
+        row["stop_reason"] = "patience" if len(row["curve"]) < EPOCHS else row["stop_reason"]
+    assert replay(Table.from_json(data), _setting("fifo")).guessed > 0
 
 
 def _record(uri: str, name: str, table: dict[str, Any], scheduler: str = "fifo") -> None:

@@ -140,11 +140,14 @@ class _Nearest:
         self.names = list(table.space.names)
         self.entries = dict(table.space.entries)
         self.rows = np.array([self._vector(c.config) for c in table.curves])  # (N, P)
+        self.choice = np.array([isinstance(self.entries[n], Choice) for n in self.names])  # (P,)
         self.used = np.zeros(len(self.rows), dtype=bool)
 
     def __call__(self, config: Mapping[str, Any]) -> int:
         point = np.array(self._vector(config))
-        apart = np.where(np.isnan(self.rows) | np.isnan(point), 1.0, np.abs(self.rows - point))
+        # A choice is the same or not (1 apart, as far as a number's whole range); absent: 1.
+        gap = np.where(self.choice, (self.rows != point).astype(float), np.abs(self.rows - point))
+        apart = np.where(np.isnan(self.rows) | np.isnan(point), 1.0, gap)
         distance = (apart**2).sum(axis=1)
         if not self.used.all():
             distance[self.used] = np.inf
@@ -161,7 +164,7 @@ class _Nearest:
         if value is None:
             return math.nan
         if isinstance(entry, Choice):
-            return float(entry.values.index(value)) * 2.0 if value in entry.values else math.nan
+            return float(entry.values.index(value)) if value in entry.values else math.nan
         if isinstance(entry, LogUniform):
             return (math.log(value) - math.log(entry.low)) / (math.log(entry.high) - math.log(entry.low))
         if isinstance(entry, Uniform | IntParam):
@@ -273,8 +276,10 @@ class _Replay:
         if decision == TrialScheduler.STOP:
             self.trace.stopped += 1
             return self._end(trial, result)
-        if curve.cut and epoch >= len(curve.values):
-            self.trace.guessed += 1  # it would train on, but what comes next was never recorded
+        if epoch >= len(curve.values) and not curve.diverged:
+            # It would train on, but what comes next was never recorded (a curve the recorded
+            # sweep's scheduler cut, or one its own patience ended earlier than the replay's).
+            self.trace.guessed += 1
             return self._end(trial, result)
         self.searcher.on_trial_result(trial.trial_id, result)
         self._schedule(clock, trial)
