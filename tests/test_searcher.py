@@ -9,10 +9,13 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from hypersweep import scoring
 from hypersweep.searcher import STUDY_FILE, StudySearcher, study_of
+from hypersweep.study_journal import BatchedJournalFile
 from hypersweep.trial import HISTORY
 from tests.conftest import DEFAULT_SWEEP, hypersweep
 from tests.mlflow_store import read_sweep
@@ -89,6 +92,7 @@ def test_epochs_replayed_after_a_retry_are_not_told_twice(tmp_path):
     searcher.suggest("r")
     searcher.on_trial_result("r", _report([0.9, 0.8, 0.7]))
     searcher.on_trial_result("r", _report([0.85, 0.6], first=2))  # rolled back to epoch 1's checkpoint
+    searcher.flush()
     assert _trial(tmp_path, "r").intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7}
 
 
@@ -102,6 +106,7 @@ def test_a_restored_searcher_continues_from_what_the_study_holds(tmp_path):
     searcher.save(str(snapshot))
     searcher.on_trial_result("x", _report([0.3], first=2))  # after the snapshot, then a crash
     searcher.suggest("lost")  # asked for after the snapshot: the restored Tune never knew it
+    searcher.flush()  # and written down before the crash
     restored = _searcher(tmp_path)
     restored.restore(str(snapshot))
     assert [t.state for t in study_of(tmp_path, "s").trials] == [TrialState.RUNNING, TrialState.FAIL]
@@ -174,3 +179,21 @@ def stopping_sweep(folder: Path, scheduler: str) -> tuple[Any, str]:
         cwd=folder,
     )
     return result, uri
+
+
+def test_the_batched_journal_is_optunas_own_format_and_survives_a_torn_line(tmp_path):
+    path = tmp_path / "j.jsonl"
+    storage = JournalStorage(BatchedJournalFile(path))
+    study = optuna.create_study(storage=storage, study_name="j")
+    study.enqueue_trial({"x": 1.0})
+    study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=3)
+    journal = storage._backend
+    assert isinstance(journal, BatchedJournalFile)
+    journal.flush()
+    reread = optuna.load_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [t.value for t in reread.trials] == [t.value for t in study.trials]
+    with path.open("ab") as f:
+        f.write(b'{"op_code": 4, "wor')  # a crash in the middle of a write
+    again = pickle.loads(pickle.dumps(journal))  # as Tune restores a snapshot: read from the file
+    assert len(list(again.read_logs(0))) == len(list(journal.read_logs(0)))
+    assert path.read_bytes().endswith(b"\n")  # the torn line is gone; appends start a line of their own

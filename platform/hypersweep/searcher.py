@@ -17,9 +17,10 @@ only what the study is told (see ``on_trial_complete``); proposing stays Ray's:
 * a trial that raised is FAIL.
 
 Each Optuna trial carries the user attributes ``trial_id`` (Tune's, as MLflow's
-``hypersweep.trial_id`` tag) and ``stop_reason``. The study lives in the sweep's folder as
-an Optuna journal file, named by the sweep id: ``optuna-dashboard <folder>/optuna-study.jsonl``
-opens it, ``hypersweep resume`` continues it, and tests read what the searcher was told.
+``hypersweep.trial_id`` tag) and ``stop_reason``. The study lives in the sweep's folder as an
+Optuna journal file, named by the sweep id and written in batches (``study_journal``):
+``optuna-dashboard <folder>/optuna-study.jsonl`` opens it, ``hypersweep resume`` continues it,
+and tests read what the searcher was told.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import scoring
+from hypersweep.study_journal import BatchedJournalFile
 from hypersweep.trial import HISTORY
 
 STUDY_FILE = "optuna-study.jsonl"  # in the sweep's folder
@@ -60,7 +62,8 @@ class StudySearcher(OptunaSearch):
         study_name: str,
     ) -> None:
         """``study_file``: the journal the study lives in; None keeps it in memory (replays)."""
-        storage = JournalStorage(JournalFileBackend(str(study_file))) if study_file else None
+        self._journal = BatchedJournalFile(study_file) if study_file else None
+        storage = JournalStorage(self._journal) if self._journal is not None else None
         super().__init__(
             space=space, metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study_name
         )
@@ -100,11 +103,18 @@ class StudySearcher(OptunaSearch):
             pass  # told before the driver crashed; the study kept it
         self._completed_trials.add(trial_id)
         self._progress.pop(trial_id, None)
+        self.flush()  # a trial's end is on disk when it is told
+
+    def flush(self) -> None:
+        """Write what the study's file lacks (it is written in batches)."""
+        if self._journal is not None:
+            self._journal.flush()
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._progress = self._progress_in_study()
         self._fail_lost_trials()
+        self.flush()
 
     def _fail_lost_trials(self) -> None:
         """Trials asked for after Tune's last snapshot of this searcher: Tune never ran them to an
