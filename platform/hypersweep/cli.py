@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from hypersweep.errors import ConfigError
 
@@ -224,6 +225,11 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
         )
     if outcome.first_error:
         _out.print(f"[red]first trial error:[/] {outcome.first_error}")
+    if outcome.dropped:
+        _out.print(
+            f"[yellow]warning: MLflow refused {outcome.dropped} write(s), each named in its run's tag "
+            f"hypersweep.dropped; the first: {escape(outcome.first_dropped)}[/]"
+        )
     if outcome.best is None:
         _out.print("[red]no trial finished with a valid result[/]")
     else:

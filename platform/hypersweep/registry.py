@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import posixpath
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,27 @@ def check_experiment(spec: SweepSpec) -> type[Experiment]:
         raise ConfigError(source, "metric", f"'{spec.metric}' is not reported; known: {', '.join(known)}")
     _check_optimizers(spec)
     _check_configure(cls, spec)
+    _check_metric_names(cls, source)
     return cls
+
+
+# MLflow's rule for metric names (mlflow/utils/validation.py: validate_param_and_metric_name,
+# path_not_unique; a test holds this to MLflow's own check): slashes, word characters, periods,
+# dashes, colons and spaces, and a path that normalises to itself.
+_METRIC_NAME = re.compile(r"^[/\w.\- :]*$")
+
+
+def _check_metric_names(cls: type[Experiment], source: str) -> None:
+    """A metric MLflow would refuse to record is bad input, where the experiment declares it."""
+    for name in cls.metric_names:
+        normal = posixpath.normpath(name)
+        if not _METRIC_NAME.match(name) or normal != name or normal.startswith(("..", "/")) or normal == ".":
+            raise ConfigError(
+                source,
+                "experiment",
+                f"{cls.__name__} reports a metric MLflow cannot record: '{name}' (names hold letters, "
+                "digits, _ - . : / and spaces, and are not paths that resolve elsewhere)",
+            )
 
 
 def _check_configure(cls: type[Experiment], spec: SweepSpec) -> None:

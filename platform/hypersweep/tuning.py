@@ -87,6 +87,8 @@ class SweepOutcome:
     tracking_error: str = ""
     cpu_fallbacks: int = 0  # trials that asked for a GPU and trained on the CPU
     first_error: str = ""  # the first failed trial's error, for the summary
+    dropped: int = 0  # writes MLflow refused (named in their runs' hypersweep.dropped tag)
+    first_dropped: str = ""
 
     @property
     def failed(self) -> bool:
@@ -415,6 +417,8 @@ class _Sweep:
             interrupted=interrupted,
             unsent=recorder.unsent,
             tracking_error=recorder.last_error if recorder.unsent else "",
+            dropped=recorder.dropped,
+            first_dropped=recorder.first_dropped(),
         )
 
 

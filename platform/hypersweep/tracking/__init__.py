@@ -60,6 +60,7 @@ for _name in ("mlflow.store.db.utils", "alembic"):
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
+DROPPED = "hypersweep.dropped"  # on a run: the writes MLflow refused, one per line
 # Result keys recorded as tags of the trial's run: where it ran (worker node, device).
 _WHERE_TAGS = {
     "device": "hypersweep.device",
@@ -193,6 +194,7 @@ class _TrialRun:
     reopen: bool = False  # marked KILLED by an interruption: RUNNING again when it resumes
     started_ms: int = 0  # when the trial started and ended: its run's times, not when they were sent
     ended_ms: int = 0
+    dropped: list[str] = field(default_factory=list)  # writes MLflow refused: "metric name: why"
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -438,6 +440,15 @@ class SweepRecorder:
         key = next((k for k, t in _WHERE_TAGS.items() if t == tag), tag)
         return sum(1 for run in self._trials.values() if run.where.get(key) == value)
 
+    @property
+    def dropped(self) -> int:
+        """Writes the store refused (each named in its run's hypersweep.dropped tag)."""
+        return sum(len(r.dropped) for r in self._trials.values())
+
+    def first_dropped(self) -> str:
+        """The first write MLflow refused, '' if none was."""
+        return next((r.dropped[0] for r in self._trials.values() if r.dropped), "")
+
     def first_error(self) -> str:
         """The error text of the first failed trial, '' if none failed."""
         return next(
@@ -600,7 +611,7 @@ class SweepRecorder:
                 tags = run.pending_tags + final
                 metrics = run.pending[:_MAX_METRICS_PER_BATCH]
             if tags or metrics or params:
-                self.client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+                self._send(run, metrics=metrics, params=params, tags=tags)
             run.params_sent, params = True, []
             with self._lock:
                 del run.pending[: len(metrics)]
@@ -610,6 +621,30 @@ class SweepRecorder:
         if ending:
             self.client.set_terminated(run.run_id, status=run.run_status, end_time=run.ended_ms or None)
             run.ended = True
+
+    def _send(
+        self, run: _TrialRun, *, metrics: list[Metric], params: list[Param], tags: list[RunTag]
+    ) -> None:
+        """One ``log_batch``. A batch the store refuses (a 4xx answer, a name or value it does not
+        accept) is sent again one key at a time: what is refused is dropped and named in the run's
+        ``hypersweep.dropped`` tag, the rest goes through. Only a store that does not answer (a
+        connection error, a timeout, a 5xx) is an outage, raised to the caller."""
+        try:
+            self.client.log_batch(run.run_id, metrics=metrics, params=params, tags=tags)
+            return
+        except MlflowException as exc:
+            if not refused(exc):
+                raise
+        before = len(run.dropped)
+        for what, batch in _one_key_each(metrics, params, tags):
+            try:
+                self.client.log_batch(run.run_id, **batch)
+            except MlflowException as exc:
+                if not refused(exc):
+                    raise
+                run.dropped.append(f"{what}: {first_line(exc)}"[:500])
+        if len(run.dropped) > before:
+            self.client.set_tag(run.run_id, DROPPED, "\n".join(run.dropped)[-5000:])
 
     def _ensure_run(self, trial_id: str, run: _TrialRun) -> None:
         """Create the trial's run unless it exists; the trial -> run map is saved at once.
@@ -663,6 +698,30 @@ class SweepRecorder:
         self._journal.save(head, trials, forget=self._forgotten)
         self._forgotten.clear()
         self._open.difference_update([tid for tid in ids if self._trials[tid].ended])
+
+
+def refused(exc: MlflowException) -> bool:
+    """The store answered and said no (4xx: an invalid name or value): that write is at fault.
+    Anything else (no answer, a timeout, a 5xx) is the store's trouble: an outage."""
+    return 400 <= int(exc.get_http_status_code()) < 500
+
+
+def _one_key_each(
+    metrics: list[Metric], params: list[Param], tags: list[RunTag]
+) -> list[tuple[str, dict[str, Any]]]:
+    """A refused batch split into one batch per metric key, param and tag: (what, batch)."""
+    parts: list[tuple[str, dict[str, Any]]] = [
+        (f"metric {key}", {"metrics": [m for m in metrics if m.key == key]})
+        for key in dict.fromkeys(m.key for m in metrics)
+    ]
+    parts += [(f"param {p.key}", {"params": [p]}) for p in params]
+    parts += [(f"tag {t.key}", {"tags": [t]}) for t in tags]
+    return parts
+
+
+def dropped_writes(run: Any) -> str:
+    """What MLflow refused of a run, as its ``hypersweep.dropped`` tag says ('' if nothing)."""
+    return str(run.data.tags.get(DROPPED, ""))
 
 
 def _is_number(value: Any) -> bool:

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
 
 from hypersweep.tracking.template import seed_store
@@ -91,7 +92,10 @@ class ProcessClient:
             raise OSError(f"the MLflow writer process stopped ({type(exc).__name__})") from None
         if status == "ok":
             return value
-        raise MlflowException(value) if status == "mlflow" else OSError(value)
+        if status == "mlflow":  # its error code tells a refused write from an outage
+            message, code = value if isinstance(value, tuple) else (value, "INTERNAL_ERROR")
+            raise MlflowException(message, error_code=ErrorCode.Value(code))
+        raise OSError(value)
 
     def close(self) -> None:
         with self._lock:
@@ -199,7 +203,7 @@ def _answer(call: Any, *args: Any, **kwargs: Any) -> tuple[str, Any]:
     try:
         result = call(*args, **kwargs)
     except MlflowException as exc:
-        return ("mlflow", str(exc))
+        return ("mlflow", (str(exc), exc.error_code))
     except Exception as exc:
         return ("error", f"{type(exc).__name__}: {exc}")
     return ("ok", result)  # MLflow's entities pickle whole
