@@ -157,13 +157,19 @@ def test_search_statistics() -> None:
 def test_search_benchmark_runs_on_a_committed_table(tmp_path: Path) -> None:
     result = _module(
         "benchmarks.search",
-        *("--tables", "breast_cancer_mlp", "--budgets", "16", "--seeds", "2", "--out", str(tmp_path)),
+        *("--tables", "breast_cancer_mlp", "--budgets", "16", "--seeds", "2", "--validate", "1"),
+        *("--out", str(tmp_path)),
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "search.json").read_text())
     contenders = report["summary"]["breast_cancer_mlp"]["contenders"]
     assert "random + FIFO" in contenders and "TPE + ASHA (hypersweep)" in contenders
+    # One real sweep per validated contender, each against its replays' spread.
+    assert [(v["contender"], v["seed"]) for v in report["validation"]] == [
+        ("random + ASHA", 0),
+        ("TPE + ASHA (hypersweep)", 0),
+    ]
     assert (tmp_path / "search.png").stat().st_size > 10_000 and "| random + FIFO |" in (
         tmp_path / "search.md"
     ).read_text()
