@@ -75,7 +75,7 @@ def test_misspelled_nested_key_suggests_within_its_section(write_sweep) -> None:
         ("num_samples: many\n", "num_samples"),
         ("num_samples: 0\n", "num_samples"),
         ("max_epochs: 3\nscheduler: {grace_period: 5}\n", "scheduler.grace_period"),
-        ("scheduler: {type: hyperband}\n", "scheduler.type"),
+        ("scheduler: {type: successive}\n", "scheduler.type"),
         ("search: {type: grid}\n", "search.type"),
         ("resources: {gpus_per_trial: -1}\n", "resources.gpus_per_trial"),
         ("mode: minimize\n", "mode"),
