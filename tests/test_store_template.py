@@ -82,14 +82,19 @@ def test_an_existing_store_is_never_replaced(tmp_path: Path) -> None:
     assert not seed_store("sqlite://") and not seed_store("http://127.0.0.1:5000")
 
 
-def test_without_a_writable_cache_mlflow_makes_the_store(
+def test_without_a_writable_cache_the_store_is_still_made_whole_and_linked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No template to copy: the store is made by MLflow's own code beside its final name and
+    linked into place, so two sweeps starting on it never make its tables at once."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     path = tmp_path / "mlflow.db"
     assert template_file() is None
-    assert not seed_store(f"sqlite:///{path}") and not path.exists()
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    assert path.exists()
+    assert seed_store(f"sqlite:///{path}") and path.exists()
+    assert not seed_store(f"sqlite:///{path}")  # made already: left alone
+    assert [e.name for e in MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()] == [
+        "Default"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "not-a-folder"]  # no partial file
