@@ -25,7 +25,6 @@ and tests read what the searcher was told.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,7 +42,6 @@ from hypersweep.study_journal import BatchedJournalFile
 from hypersweep.trial import HISTORY
 
 STUDY_FILE = "optuna-study.jsonl"  # in the sweep's folder
-_log = logging.getLogger(__name__)
 # The trial's own stop reasons (the trainer's); any other end is the scheduler's decision.
 _SELF_STOPPED = {"completed", "patience"}
 
