@@ -149,6 +149,7 @@ def test_the_study_of_a_real_sweep_tells_what_mlflow_holds(tmp_path, scheduler):
         trial, reason = told[stored.tag(child, "trial_id")], stored.tag(child, "stop_reason")
         reasons.add(reason)
         epochs = [s for s, _ in stored.history(child, "train_loss")]
+        assert trial.user_attrs["stop_reason"] == reason  # the study and MLflow name one reason
         if reason == scheduler:
             assert trial.state == TrialState.PRUNED
             assert sorted(trial.intermediate_values) == epochs  # one value per epoch it trained

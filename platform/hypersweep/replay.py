@@ -211,6 +211,7 @@ class _Replay:
             told=setting.told,
             startup_trials=setting.startup_trials,
             group=setting.group,
+            scheduler=setting.scheduler.type,
         )
         self.scheduler = make_scheduler(setting.scheduler, max_epochs=table.max_epochs)
         self.scheduler.set_search_properties(table.metric, table.mode)

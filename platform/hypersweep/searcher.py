@@ -58,8 +58,10 @@ class StudySearcher(OptunaSearch):
         sampler: optuna.samplers.BaseSampler,
         study_file: Path | None,
         study_name: str,
+        scheduler: str = "scheduler",
     ) -> None:
-        """``study_file``: the journal the study lives in; None keeps it in memory (replays)."""
+        """``study_file``: the journal the study lives in; None keeps it in memory (replays).
+        ``scheduler``: the stop reason of a trial the scheduler stopped (its type, as MLflow's)."""
         self._journal = BatchedJournalFile(study_file) if study_file else None
         storage = JournalStorage(self._journal) if self._journal is not None else None
         super().__init__(
@@ -69,6 +71,7 @@ class StudySearcher(OptunaSearch):
         # restore, which may hold epochs reported after Tune's last snapshot of this object.
         self._progress: dict[str, tuple[int, float]] = {}
         self._goal_metric, self._goal_mode = metric, mode  # typed copies of Ray's _metric/_mode
+        self._scheduler = scheduler
 
     @property
     def study(self) -> optuna.Study:
@@ -141,7 +144,7 @@ class StudySearcher(OptunaSearch):
                 )
             return TrialState.COMPLETE, scoring.or_worst(so_far, self._goal_mode), reason
         # Stopped by the scheduler (or removed before it ran): the value is its last step's.
-        return TrialState.PRUNED, None, reason or "scheduler"
+        return TrialState.PRUNED, None, reason or getattr(self, "_scheduler", "scheduler")
 
     def _report(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """Each new epoch of a report, as the trial's result so far at ``step = epoch``."""
@@ -185,6 +188,7 @@ def make_searcher(
     told: str = "truth",
     startup_trials: int = 10,
     group: bool = False,
+    scheduler: str = "scheduler",
 ) -> OptunaSearch:
     """A seeded searcher: ``search`` optuna (TPE: ``startup_trials`` random ones first; ``group``
     models the branches of a conditional space apart) or random. ``told`` truth:
@@ -198,7 +202,13 @@ def make_searcher(
     if told == "ray":
         return OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
     return StudySearcher(
-        space=space, metric=metric, mode=mode, sampler=sampler, study_file=study_file, study_name=study_name
+        space=space,
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        study_file=study_file,
+        study_name=study_name,
+        scheduler=scheduler,
     )
 
 

@@ -551,6 +551,7 @@ def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> OptunaSearch:
         mode=spec.mode,
         study_file=study_file,
         study_name=sweep_id,
+        scheduler=spec.scheduler.type,
     )
 
 
