@@ -311,13 +311,13 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
     """What other scheduler and search settings would have done on SWEEP, a finished sweep in
     MLflow: replayed on its recorded learning curves in simulated time, in seconds."""
     from hypersweep.console import replay_table
-    from hypersweep.replay import Table, compare
+    from hypersweep.replay import Table, compare, settings_from_flags
     from hypersweep.tracking import resolve_tracking_uri
     from hypersweep.tracking.curves import read_table
 
     data = read_table(sweep, tracking_uri=resolve_tracking_uri(tracking_uri))
     table = Table.from_json(data)
-    outcomes = compare(table, _replay_settings(data, table, grid), seeds)
+    outcomes = compare(table, settings_from_flags(data, table, grid), seeds)
     cut = sum(curve.cut for curve in table.curves)
     _out.print(
         f"sweep {data['sweep']}: {len(table.curves)} trials recorded, {cut} cut short by its scheduler; "
@@ -330,43 +330,6 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
             "sweep's scheduler stopped it, and its later epochs are unknown; a FIFO sweep replays every "
             "setting exactly"
         )
-
-
-def _replay_settings(data: dict[str, Any], table: Any, grid: dict[str, Any]) -> list[Any]:
-    """The settings ``replay``'s flags ask for, each value checked (bad ones: exit 2)."""
-    from hypersweep.config import SchedulerSpec
-    from hypersweep.replay import settings_grid
-
-    base = SchedulerSpec.model_validate(data["scheduler"])
-    schedulers = _listed(grid["scheduler"], "--scheduler", str, {"asha", "hyperband", "median", "fifo"})
-    graces = _listed(grid["grace_period"] or str(base.grace_period), "--grace-period", int)
-    factors = _listed(grid["reduction_factor"] or f"{base.reduction_factor:g}", "--reduction-factor", float)
-    searches = _listed(grid["search"] or data["search"], "--search", str, {"optuna", "random"})
-    if any(g < 1 or g > table.max_epochs for g in graces):
-        raise ConfigError("", "--grace-period", f"epochs must lie in 1..{table.max_epochs} (max_epochs)")
-    if any(f <= 1 for f in factors):
-        raise ConfigError("", "--reduction-factor", "each factor must be above 1")
-    return settings_grid(
-        base,
-        schedulers=schedulers,
-        grace_periods=graces,
-        reduction_factors=factors,
-        searches=searches,
-        num_samples=grid["num_samples"] or data["num_samples"],
-        workers=data["workers"],
-        patience=data["patience"],
-    )
-
-
-def _listed(text: str, flag: str, kind: Any, allowed: set[str] | None = None) -> list[Any]:
-    try:
-        values = [kind(part.strip()) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError("", flag, f"'{text}' is not a comma-separated list of {kind.__name__}s") from None
-    wrong = [v for v in values if allowed is not None and v not in allowed]
-    if wrong or not values:
-        raise ConfigError("", flag, f"'{text}': choose from {', '.join(sorted(allowed or []))}")
-    return values
 
 
 @cli.command()

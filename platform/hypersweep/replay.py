@@ -31,6 +31,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from hypersweep import scoring
 from hypersweep.config import SchedulerSpec
+from hypersweep.errors import ConfigError
 from hypersweep.schedulers import make_scheduler
 from hypersweep.search_space import Choice, IntParam, LogUniform, SearchSpace, Uniform, parse_search_space
 from hypersweep.searcher import make_searcher
@@ -362,3 +363,37 @@ def settings_grid(
                 for search in searches:
                     out.append(Setting(scheduler, search, "truth", num_samples, workers, patience))
     return out
+
+
+def settings_from_flags(data: Mapping[str, Any], table: Table, grid: Mapping[str, Any]) -> list[Setting]:
+    """The settings ``hypersweep replay``'s flags ask for, each value checked (bad ones: exit 2)."""
+    base = SchedulerSpec.model_validate(data["scheduler"])
+    schedulers = _listed(grid["scheduler"], "--scheduler", str, {"asha", "hyperband", "median", "fifo"})
+    graces = _listed(grid["grace_period"] or str(base.grace_period), "--grace-period", int)
+    factors = _listed(grid["reduction_factor"] or f"{base.reduction_factor:g}", "--reduction-factor", float)
+    searches = _listed(grid["search"] or data["search"], "--search", str, {"optuna", "random"})
+    if any(g < 1 or g > table.max_epochs for g in graces):
+        raise ConfigError("", "--grace-period", f"epochs must lie in 1..{table.max_epochs} (max_epochs)")
+    if any(f <= 1 for f in factors):
+        raise ConfigError("", "--reduction-factor", "each factor must be above 1")
+    return settings_grid(
+        base,
+        schedulers=schedulers,
+        grace_periods=graces,
+        reduction_factors=factors,
+        searches=searches,
+        num_samples=grid["num_samples"] or data["num_samples"],
+        workers=data["workers"],
+        patience=data["patience"],
+    )
+
+
+def _listed(text: str, flag: str, kind: Any, allowed: set[str] | None = None) -> list[Any]:
+    try:
+        values = [kind(part.strip()) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError("", flag, f"'{text}' is not a comma-separated list of {kind.__name__}s") from None
+    wrong = [v for v in values if allowed is not None and v not in allowed]
+    if wrong or not values:
+        raise ConfigError("", flag, f"'{text}': choose from {', '.join(sorted(allowed or []))}")
+    return values
