@@ -43,7 +43,7 @@ from hypersweep.manifest import (
 )
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.registry import load_sweep_data, resolve_experiment
-from hypersweep.schedulers import decision_epochs, make_scheduler
+from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
     BestTrial,
@@ -477,7 +477,8 @@ def build_tuner(
     callbacks: list[tune.Callback],
     folder: Path,
 ) -> tune.Tuner:
-    """``folder``: the sweep's folder on this machine, where the searcher keeps its study."""
+    """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
+    the scheduler its journal."""
     return tune.Tuner(
         _trainable_of(spec, roots, data),
         param_space=dict(spec.fixed),
@@ -486,7 +487,9 @@ def build_tuner(
             mode=spec.mode,
             num_samples=spec.num_samples,
             search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id),
-            scheduler=make_scheduler(spec.scheduler, max_epochs=spec.max_epochs),
+            scheduler=make_scheduler(
+                spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
+            ),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
             max_concurrent_trials=concurrent,
             # Trials reuse worker processes: no actor start-up, imports or data load per trial.
