@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,15 +24,24 @@ class FakeTrial:
 
 
 class Controller:
-    def get_live_trials(self) -> list[FakeTrial]:
+    def get_live_trials(self) -> list[Any]:
         return []
 
-    def get_trials(self) -> list[FakeTrial]:
+    def get_trials(self) -> list[Any]:
         return []
 
 
-def _scheduler(kind: str, journal: Path | None, brackets: int = 1) -> TrialScheduler:
-    spec = SchedulerSpec(type=kind, grace_period=1, reduction_factor=2, brackets=brackets)
+def _trial(trial_id: str, status: str = "RUNNING") -> Any:
+    return FakeTrial(trial_id, status)
+
+
+CONTROLLER: Any = Controller()  # what the schedulers read of Tune's controller
+
+
+def _scheduler(kind: str, journal: Path | None, brackets: int = 1) -> Any:
+    spec = SchedulerSpec.model_validate(
+        {"type": kind, "grace_period": 1, "reduction_factor": 2, "brackets": brackets}
+    )
     scheduler = make_scheduler(spec, max_epochs=8, journal=journal)
     scheduler.set_search_properties("val_loss", "min")
     return scheduler
@@ -42,20 +52,18 @@ def _losses(seed: int, trials: int, epochs: int) -> dict[str, list[float]]:
     return {f"t{i}": sorted((rng.random() for _ in range(epochs)), reverse=True) for i in range(trials)}
 
 
-def _run(
-    scheduler: TrialScheduler, losses: dict[str, list[float]], trials: dict[str, FakeTrial]
-) -> list[str]:
+def _run(scheduler: TrialScheduler, losses: dict[str, list[float]], trials: dict[str, Any]) -> list[str]:
     """Trials one after another, every epoch reported; the decisions, in order."""
     decisions = []
     for tid, curve in losses.items():
-        trial = trials.setdefault(tid, FakeTrial(tid))
-        scheduler.on_trial_add(Controller(), trial)
+        trial = trials.setdefault(tid, _trial(tid))
+        scheduler.on_trial_add(CONTROLLER, trial)
         for epoch, loss in enumerate(curve, start=1):
-            action = scheduler.on_trial_result(Controller(), trial, {"epoch": epoch, "val_loss": loss})
+            action = scheduler.on_trial_result(CONTROLLER, trial, {"epoch": epoch, "val_loss": loss})
             decisions.append(f"{tid}@{epoch}:{action}")
             if action == TrialScheduler.STOP:
                 break
-        scheduler.on_trial_complete(Controller(), trial, {"epoch": epoch, "val_loss": loss})
+        scheduler.on_trial_complete(CONTROLLER, trial, {"epoch": epoch, "val_loss": loss})
     return decisions
 
 
@@ -79,7 +87,7 @@ def test_a_restored_scheduler_decides_as_the_one_that_crashed(
 
     resumed = pickle.loads(at_start)
     for tid in first:  # Tune adds the trials it restored, finished ones included
-        resumed.on_trial_add(Controller(), FakeTrial(tid, status="TERMINATED"))
+        resumed.on_trial_add(CONTROLLER, _trial(tid, status="TERMINATED"))
     np.random.seed(1)
     assert _run(resumed, rest, {}) == expected
     assert any(d.endswith(TrialScheduler.STOP) for d in expected)  # the rungs had work to do
@@ -107,14 +115,14 @@ def test_a_trial_lost_in_the_crash_leaves_the_rungs(tmp_path: Path) -> None:
     journal = tmp_path / SCHEDULER_FILE
     live = _scheduler("asha", journal)
     at_start = pickle.dumps(live)
-    kept, lost = FakeTrial("kept"), FakeTrial("lost")
+    kept, lost = _trial("kept"), _trial("lost")
     for trial in (kept, lost):
-        live.on_trial_add(Controller(), trial)
+        live.on_trial_add(CONTROLLER, trial)
         for epoch in (1, 2):
-            live.on_trial_result(Controller(), trial, {"epoch": epoch, "val_loss": 1.0 / epoch})
+            live.on_trial_result(CONTROLLER, trial, {"epoch": epoch, "val_loss": 1.0 / epoch})
     restored = pickle.loads(at_start)
-    restored.on_trial_add(Controller(), FakeTrial("kept"))
-    restored.choose_trial_to_run(Controller())
+    restored.on_trial_add(CONTROLLER, _trial("kept"))
+    restored.choose_trial_to_run(CONTROLLER)
     assert {tid for _, rung in restored._brackets[0]._rungs for tid in rung} == {"kept"}
     assert set(restored._trial_info) == {"kept"}
 
@@ -123,15 +131,15 @@ def test_a_trial_stopped_before_the_crash_is_stopped_again(tmp_path: Path) -> No
     journal = tmp_path / SCHEDULER_FILE
     live = _scheduler("asha", journal)
     at_start = pickle.dumps(live)
-    good, bad = FakeTrial("good"), FakeTrial("bad")
+    good, bad = _trial("good"), _trial("bad")
     for trial, loss in ((good, 0.1), (bad, 0.9)):
-        live.on_trial_add(Controller(), trial)
-        action = live.on_trial_result(Controller(), trial, {"epoch": 1, "val_loss": loss})
+        live.on_trial_add(CONTROLLER, trial)
+        action = live.on_trial_result(CONTROLLER, trial, {"epoch": 1, "val_loss": loss})
     assert action == TrialScheduler.STOP  # and the driver died before the trial's end was written
     restored = pickle.loads(at_start)
     for tid in ("good", "bad"):
-        restored.on_trial_add(Controller(), FakeTrial(tid))
-    again = restored.on_trial_result(Controller(), FakeTrial("bad"), {"epoch": 1, "val_loss": 0.9})
+        restored.on_trial_add(CONTROLLER, _trial(tid))
+    again = restored.on_trial_result(CONTROLLER, _trial("bad"), {"epoch": 1, "val_loss": 0.9})
     assert again == TrialScheduler.STOP
 
 
@@ -139,11 +147,11 @@ def test_a_line_cut_short_by_the_crash_is_ignored(tmp_path: Path) -> None:
     journal = tmp_path / SCHEDULER_FILE
     live = _scheduler("asha", journal)
     at_start = pickle.dumps(live)
-    trial = FakeTrial("a")
-    live.on_trial_add(Controller(), trial)
-    live.on_trial_result(Controller(), trial, {"epoch": 1, "val_loss": 0.5})
+    trial = _trial("a")
+    live.on_trial_add(CONTROLLER, trial)
+    live.on_trial_result(CONTROLLER, trial, {"epoch": 1, "val_loss": 0.5})
     with journal.open("a") as f:
         f.write('{"event": "result", "trial": "a", "res')
     restored = pickle.loads(at_start)
-    restored.on_trial_add(Controller(), FakeTrial("a"))
+    restored.on_trial_add(CONTROLLER, _trial("a"))
     assert restored._brackets[0]._rungs[-1][1] == {"a": -0.5}

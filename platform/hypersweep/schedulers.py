@@ -209,7 +209,7 @@ class DurableASHA(_Durable, AsyncHyperBandScheduler):
         self._clean_up()
         if trial.trial_id in self._stopped:
             return TrialScheduler.STOP
-        seen = _result(result, self._metric)
+        seen = _result(result, self._metric or "")
         action = str(super().on_trial_result(tune_controller, trial, seen or result))
         if seen is not None:
             self._note("result", trial, result=seen)
@@ -220,7 +220,7 @@ class DurableASHA(_Durable, AsyncHyperBandScheduler):
         self._clean_up()
         if trial.trial_id not in self._trial_info:
             return  # restored finished, its end replayed already
-        seen = _result(result, self._metric)
+        seen = _result(result, self._metric or "")
         super().on_trial_complete(tune_controller, trial, seen or result)
         self._trial_info.pop(trial.trial_id, None)
         self._note("complete", trial, result=seen or {})
@@ -238,18 +238,19 @@ class DurableASHA(_Durable, AsyncHyperBandScheduler):
 
     def _apply(self, event: dict[str, Any]) -> None:
         tid, kind = str(event["trial"]), event["event"]
-        seen = _Seen(tid)
+        seen: Any = _Seen(tid)  # what Ray's code reads of a Trial
+        controller: Any = _NoController()
         if kind == "add":
             self._trial_info[tid] = self._brackets[int(event["bracket"])]
         elif tid not in self._trial_info:
             return  # an event of a trial whose add was lost with the crash
         elif kind == "result":
-            action = AsyncHyperBandScheduler.on_trial_result(self, _NoController(), seen, event["result"])
+            action = AsyncHyperBandScheduler.on_trial_result(self, controller, seen, event["result"])
             if action == TrialScheduler.STOP:
                 self._stopped.add(tid)
         elif kind == "complete":
             if event.get("result"):
-                AsyncHyperBandScheduler.on_trial_complete(self, _NoController(), seen, event["result"])
+                AsyncHyperBandScheduler.on_trial_complete(self, controller, seen, event["result"])
             self._trial_info.pop(tid, None)
             self._finished.add(tid)
 
@@ -292,7 +293,7 @@ class DurableMedianRule(_Durable, MedianStoppingRule):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         self._catch_up()
         self._clean_up()
-        seen = _result(result, self._metric)
+        seen = _result(result, self._metric or "")
         action = str(super().on_trial_result(tune_controller, self._one(trial), seen or result))
         if seen is not None:
             self._note("result", trial, result=seen)
@@ -303,7 +304,7 @@ class DurableMedianRule(_Durable, MedianStoppingRule):
         self._clean_up()
         if trial.trial_id in self._finished:
             return  # restored finished, its end replayed already
-        seen = _result(result, self._metric)
+        seen = _result(result, self._metric or "")
         if seen is not None:
             super().on_trial_complete(tune_controller, self._one(trial), seen)
         self._note("complete", trial, result=seen or {})
@@ -315,11 +316,12 @@ class DurableMedianRule(_Durable, MedianStoppingRule):
 
     def _apply(self, event: dict[str, Any]) -> None:
         trial = self._one(_Seen(str(event["trial"])))
+        controller: Any = _NoController()
         if event["event"] == "result":
-            MedianStoppingRule.on_trial_result(self, _NoController(), trial, event["result"])
+            MedianStoppingRule.on_trial_result(self, controller, trial, event["result"])
         elif event["event"] == "complete":
             if event.get("result"):
-                MedianStoppingRule.on_trial_complete(self, _NoController(), trial, event["result"])
+                MedianStoppingRule.on_trial_complete(self, controller, trial, event["result"])
             self._finished.add(trial.trial_id)
 
     def _known_trials(self) -> set[str]:
