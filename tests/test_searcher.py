@@ -109,11 +109,47 @@ def test_a_restored_searcher_continues_from_what_the_study_holds(tmp_path):
     searcher.flush()  # and written down before the crash
     restored = _searcher(tmp_path)
     restored.restore(str(snapshot))
-    assert [t.state for t in study_of(tmp_path, "s").trials] == [TrialState.RUNNING, TrialState.FAIL]
+    # The lost trial is FAIL, and its configuration waits to be proposed again.
+    states = [t.state for t in study_of(tmp_path, "s").trials]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]
     restored.on_trial_complete("x", _report([0.5, 0.4], first=2, stop_reason="completed"))
     trial = _trial(tmp_path, "x")
     assert trial.intermediate_values == {1: 0.9, 2: 0.3, 3: 0.3} and trial.value == 0.3
     assert pickle.loads(snapshot.read_bytes())  # what Tune keeps pickles whole
+
+
+def test_after_a_crash_a_lost_trial_runs_again_and_an_ended_one_counts(tmp_path):
+    """Trials asked for after Tune's last snapshot: the one that ended is part of the sweep (not
+    trained again), the one that did not is proposed again, and the sweep keeps num_samples."""
+    searcher = _searcher_of(tmp_path, num_samples=4)
+    searcher.suggest("a")
+    snapshot = tmp_path / "searcher.pkl"
+    searcher.save(str(snapshot))
+    ended = searcher.suggest("ended")
+    searcher.on_trial_complete("ended", _report([0.5, 0.4], stop_reason="completed"))
+    lost = searcher.suggest("lost")
+    searcher.on_trial_result("lost", _report([0.7]))
+    searcher.flush()  # then the driver dies
+    restored = _searcher_of(tmp_path, num_samples=4)
+    restored.restore(str(snapshot))
+    assert restored.suggest("again") == lost  # the lost configuration, as a new trial
+    assert restored.suggest("new") not in (None, lost, ended)
+    # "a", "again", "new" and the ended trial make 4: nothing more is proposed.
+    assert restored.suggest("fifth") == "FINISHED"
+    told = {t.user_attrs.get("trial_id"): t.state for t in study_of(tmp_path, "s").trials}
+    assert told["ended"] == TrialState.COMPLETE and told["lost"] == TrialState.FAIL
+
+
+def _searcher_of(folder: Path, *, num_samples: int) -> StudySearcher:
+    return StudySearcher(
+        space=_space,
+        metric="val_loss",
+        mode="min",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_file=folder / STUDY_FILE,
+        study_name="s",
+        num_samples=num_samples,
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,13 @@ Each Optuna trial carries the user attributes ``trial_id`` (Tune's, as MLflow's
 Optuna journal file, named by the sweep id and written in batches (``study_journal``):
 ``optuna-dashboard <folder>/optuna-study.jsonl`` opens it, ``hypersweep resume`` continues it,
 and tests read what the searcher was told.
+
+After a driver crash, Tune restores this searcher as its last snapshot left it, while the study
+goes on to the crash. Trials asked for after that snapshot are unknown to the restored sweep:
+one that had finished counts toward ``num_samples`` (it is not trained again: its run stays as
+it is); one that had not is FAIL with no stop reason, and its configuration is the
+next one proposed, so the sweep trains it again as a new trial (which takes over its run, see
+``tracking.SweepRecorder.adopt_lost``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import scoring
@@ -44,6 +52,7 @@ from hypersweep.trial import HISTORY
 STUDY_FILE = "optuna-study.jsonl"  # in the sweep's folder
 # The trial's own stop reasons (the trainer's); any other end is the scheduler's decision.
 _SELF_STOPPED = {"completed", "patience"}
+LOST = "lost"  # a trial a driver crash took before its end (see above)
 
 
 class StudySearcher(OptunaSearch):
@@ -59,9 +68,11 @@ class StudySearcher(OptunaSearch):
         study_file: Path | None,
         study_name: str,
         scheduler: str = "scheduler",
+        num_samples: int | None = None,
     ) -> None:
         """``study_file``: the journal the study lives in; None keeps it in memory (replays).
-        ``scheduler``: the stop reason of a trial the scheduler stopped (its type, as MLflow's)."""
+        ``scheduler``: the stop reason of a trial the scheduler stopped (its type, as MLflow's).
+        ``num_samples``: the sweep's trials in all, counting those a restored Tune never saw."""
         self._journal = BatchedJournalFile(study_file) if study_file else None
         storage = JournalStorage(self._journal) if self._journal is not None else None
         super().__init__(
@@ -72,6 +83,8 @@ class StudySearcher(OptunaSearch):
         self._progress: dict[str, tuple[int, float]] = {}
         self._goal_metric, self._goal_mode = metric, mode  # typed copies of Ray's _metric/_mode
         self._scheduler = scheduler
+        self._num_samples = num_samples
+        self._ended_unseen = 0  # trials that ended after Tune's last snapshot (see module)
 
     @property
     def study(self) -> optuna.Study:
@@ -79,6 +92,12 @@ class StudySearcher(OptunaSearch):
         return self._ot_study
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        limit = getattr(self, "_num_samples", None)
+        unseen = getattr(self, "_ended_unseen", 0)
+        if limit is not None and trial_id not in self._ot_trials and len(self._ot_trials) + unseen >= limit:
+            # The trials that ended unseen complete the sweep. (Ray's annotation omits FINISHED,
+            # which its docs and SearchGenerator take.)
+            return Searcher.FINISHED  # type: ignore[return-value]
         config: dict[str, Any] | None = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # the study names Tune's trial: MLflow's trial_id tag
             self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
@@ -118,13 +137,23 @@ class StudySearcher(OptunaSearch):
         self.flush()
 
     def _fail_lost_trials(self) -> None:
-        """Trials asked for after Tune's last snapshot of this searcher: Tune never ran them to an
-        end and will not (their runs are dropped on resume); left RUNNING they would stay so in
-        the study for good, and TPE would count them as running forever."""
+        """Trials asked for after Tune's last snapshot of this searcher (see the module): an ended
+        one is counted; an unfinished one is FAIL (left RUNNING it would stay so for good, and TPE
+        would count it as running forever) and its configuration is proposed next."""
         known = {ot_trial.number for ot_trial in self._ot_trials.values()}
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen.number not in known:
+        self._ended_unseen = 0
+        unseen = [t for t in self.study.get_trials(deepcopy=False) if t.number not in known]
+        if unseen:
+            # The sampler's random state is the snapshot's: it would propose the unseen trials'
+            # configurations again, each trained twice. (Proposals after a resume are therefore
+            # not reproducible from the seed.)
+            self.study.sampler.reseed_rng()
+        for frozen in unseen:
+            if frozen.state == TrialState.RUNNING:  # FAIL without a stop reason: lost
                 self.study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+                self.study.enqueue_trial(frozen.params, skip_if_exists=False)
+            elif frozen.user_attrs.get("stop_reason", LOST) != LOST and frozen.state.is_finished():
+                self._ended_unseen += 1
 
     def _outcome(
         self, trial_id: str, result: Mapping[str, Any] | None, error: bool
@@ -189,6 +218,7 @@ def make_searcher(
     startup_trials: int = 10,
     group: bool = False,
     scheduler: str = "scheduler",
+    num_samples: int | None = None,
 ) -> OptunaSearch:
     """A seeded searcher: ``search`` optuna (TPE: ``startup_trials`` random ones first; ``group``
     models the branches of a conditional space apart) or random. ``told`` truth:
@@ -209,6 +239,7 @@ def make_searcher(
         study_file=study_file,
         study_name=study_name,
         scheduler=scheduler,
+        num_samples=num_samples,
     )
 
 

@@ -446,11 +446,11 @@ def _actors_inherit_env() -> Iterator[None]:
 
 def _settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
     """Trials Tune finished while no driver was listening (a crash between the two) get their end;
-    runs of trials that Tune itself lost in the crash are dropped. ``scheduler``: the stop reason
-    of a trial that did not stop itself."""
+    runs of trials that Tune itself lost in the crash, and did not run again, end ``interrupted``.
+    ``scheduler``: the stop reason of a trial that did not stop itself."""
     known = {str((r.metrics or {}).get("trial_id", "")) for r in _results(grid)}
-    if "" not in known:  # a trial that never reported cannot be told apart: keep every run then
-        recorder.forget_trials_except(known)
+    if "" not in known:  # a trial that never reported cannot be told apart: leave every run then
+        recorder.end_lost_trials(known)
     for result in _results(grid):
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id", ""))
@@ -555,6 +555,7 @@ def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> OptunaSearch:
         study_file=study_file,
         study_name=sweep_id,
         scheduler=spec.scheduler.type,
+        num_samples=spec.num_samples,
     )
 
 
@@ -571,6 +572,7 @@ class _TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, progress = self._live()
+        recorder.adopt_lost(trial.trial_id, trial.config, {t.trial_id for t in trials})
         recorder.trial_started(trial.trial_id, trial.config)
         if progress and not recorder.is_finished(trial.trial_id):
             progress.trial_started(trial.trial_id)

@@ -61,6 +61,10 @@ ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
 DROPPED = "hypersweep.dropped"  # on a run: the writes MLflow refused, one per line
+# On a run a new trial took over from one lost in a driver crash: the lost trial's id.
+EARLIER_TRIAL_ID = "hypersweep.earlier_trial_id"
+LOST_REASON = "lost"  # the stop reason of a lost trial whose configuration did not run again
+_RUN_STATUS = {"failed": RunStatus.FAILED, "interrupted": RunStatus.KILLED}  # by hypersweep.status
 # Result keys recorded as tags of the trial's run: where it ran (worker node, device).
 _WHERE_TAGS = {
     "device": "hypersweep.device",
@@ -319,7 +323,10 @@ class SweepRecorder:
             history = self.client.get_metric_history(found.info.run_id, self.metric)
             last = max((m.step for m in history), default=0)
             run = known or _TrialRun(config=dict(found.data.params))
-            run.run_id, run.params_sent, run.last_step = found.info.run_id, True, max(last, run.last_step)
+            run.run_id, run.last_step = found.info.run_id, max(last, run.last_step)
+            # A crash between creating the run and its first batch leaves it without params:
+            # they are sent on the next flush (the config is Tune's again when the trial restarts).
+            run.params_sent = bool(found.data.params)
             run.reopen = found.info.status != "RUNNING" and not run.run_status
             self._trials[tid] = run
             self._open.add(tid)
@@ -460,26 +467,40 @@ class SweepRecorder:
             "",
         )
 
-    def forget_trials_except(self, known: set[str]) -> int:
-        """Drop trials Tune no longer knows, deleting their runs; returns how many.
+    def adopt_lost(self, trial_id: str, config: Mapping[str, Any], tune_trials: set[str]) -> str:
+        """A new trial that trains the configuration of a trial lost in a driver crash takes over
+        its run; returns the lost trial's id ('' if none).
 
-        A driver killed between starting a trial and Tune's next snapshot of its experiment
-        leaves a run for a trial that the restored Tune never saw: Tune reruns that
-        configuration slot as a new trial, so the partial run would otherwise stay RUNNING and
-        count twice. The run is soft-deleted (MLflow keeps it in its trash, restorable).
-        """
-        lost = [tid for tid in self._trials if tid not in known]
+        A driver killed between starting a trial and Tune's next snapshot leaves a run for a trial
+        the restored Tune never saw; the searcher proposes its configuration again (``searcher``),
+        and the new trial continues that run: one run per configuration, none deleted. Epochs the
+        run holds already are not logged again (``_note_epoch``). ``tune_trials``: the trials
+        the restored Tune knows."""
+        if trial_id in self._trials:
+            return ""
+        wanted = dict(config)
+        for tid, run in self._trials.items():
+            if tid not in tune_trials and not run.run_status and run.config == wanted:
+                with self._lock:
+                    self._trials[trial_id] = self._trials.pop(tid)
+                    self._open.discard(tid)
+                    self._open.add(trial_id)
+                    self._forgotten.append(tid)
+                    run.reopen = True
+                    run.pending_tags += [RunTag(TRIAL_ID, trial_id), RunTag(MLFLOW_RUN_NAME, trial_id)]
+                    run.pending_tags.append(RunTag(EARLIER_TRIAL_ID, tid))
+                    self._save(trial_id)
+                return tid
+        return ""
+
+    def end_lost_trials(self, known: set[str]) -> int:
+        """End the runs of trials Tune does not know and that ended nowhere (lost in a crash,
+        their configuration not run again); returns how many. Their runs are kept, KILLED and
+        ``interrupted``: what they logged was measured. Trials that ended after Tune's last
+        snapshot are unknown to it too, and stay as they ended."""
+        lost = [tid for tid, run in self._trials.items() if tid not in known and not run.run_status]
         for tid in lost:
-            run = self._trials.pop(tid)
-            self._open.discard(tid)
-            self._forgotten.append(tid)
-            if run.run_id:
-                try:
-                    self.client.delete_run(run.run_id)
-                except _TRACKING_ERRORS as exc:
-                    self._went_down(exc)
-        if lost:
-            self._save()
+            self.trial_finished(tid, status="interrupted", stop_reason=LOST_REASON)
         return len(lost)
 
     def knows(self, trial_id: str) -> bool:
@@ -540,12 +561,14 @@ class SweepRecorder:
             run = self._trials[trial_id]
             if run.run_status:
                 return  # already accounted for
-            if status in ("diverged", "failed"):
+            if status in ("diverged", "failed", "interrupted"):
                 run.best = math.nan  # never the best trial
             run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
             if error:
                 run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
-            ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
+            ended = {"failed": RunStatus.FAILED, "interrupted": RunStatus.KILLED}.get(
+                status, RunStatus.FINISHED
+            )
             run.run_status = RunStatus.to_string(ended)
             run.ended_ms = _now_ms()
             if math.isfinite(run.best):  # the trial's result (see scoring): a column in the UI
