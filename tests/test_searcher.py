@@ -135,7 +135,8 @@ def test_after_a_crash_a_lost_trial_runs_again_and_an_ended_one_counts(tmp_path)
     assert restored.suggest("again") == lost  # the lost configuration, as a new trial
     assert restored.suggest("new") not in (None, lost, ended)
     # "a", "again", "new" and the ended trial make 4: nothing more is proposed.
-    assert restored.suggest("fifth") == "FINISHED"
+    fifth: Any = restored.suggest("fifth")
+    assert fifth == "FINISHED"  # Searcher.FINISHED
     told = {t.user_attrs.get("trial_id"): t.state for t in study_of(tmp_path, "s").trials}
     assert told["ended"] == TrialState.COMPLETE and told["lost"] == TrialState.FAIL
 
