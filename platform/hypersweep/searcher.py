@@ -101,6 +101,9 @@ class StudySearcher(OptunaSearch):
         config: dict[str, Any] | None = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # the study names Tune's trial: MLflow's trial_id tag
             self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+        # On disk before Tune can start the trial: after a crash, a trial the study lacks could be
+        # neither counted nor run again (see the module).
+        self.flush()
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -4,8 +4,9 @@ Optuna's ``JournalFileBackend`` takes a lock, writes and fsyncs the file for eve
 searcher writes ~24 entries per trial of 20 epochs (ask, its attributes, one intermediate value
 per epoch, tell), ~9 ms of Tune's event loop per trial here, and more on slower disks. This
 backend keeps the study's log in memory (Optuna replays it from there) and appends what is new
-to the file in one write and one fsync: when a trial ends (``flush``), before the searcher is
-snapshotted, and otherwise at most a second after an entry. A driver crash can lose at most the
+to the file in one write and one fsync: when a trial is proposed and when it ends (the
+searcher's ``flush``), before the searcher is snapshotted, and otherwise at most a second after an
+entry. A driver crash can lose at most the
 last second of intermediate values of trials still running; resume rebuilds from what the file
 holds. The file is Optuna's own format, so ``JournalFileBackend`` and ``optuna-dashboard`` read it.
 

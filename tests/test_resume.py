@@ -1,0 +1,125 @@
+"""A driver killed mid-sweep under the shipped defaults (ASHA, batched reports and checkpoints),
+then ``hypersweep resume``: ASHA decides as if nothing had happened, every trial keeps one run
+with its params, nothing is deleted and nothing finished trains again."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.entities import ViewType
+
+from hypersweep.config import SchedulerSpec
+from hypersweep.tracking.state import read_state
+from hypersweep.tuning import TRACKING_STATE
+from tests.chaos_tools import NAME, cli, counts, descendants, kill_all
+from tests.mlflow_store import StoredSweep, read_sweep
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
+
+EPOCHS, SAMPLES = 9, 12
+ASHA = SchedulerSpec()  # the shipped defaults: grace period 1, reduction factor 3
+
+
+def _sweep(folder: Path) -> Path:
+    """The chaos experiment, one trial at a time (so the order in which ASHA saw the trials is
+    the order they started in), with the shipped scheduler and report/checkpoint defaults."""
+    faults = folder / "faults"
+    faults.mkdir()
+    path = folder / "resume.yaml"
+    path.write_text(
+        f"name: {NAME}\nexperiment: tests.chaos:ChaosToy\n"
+        "search_space: {lr: {type: loguniform, low: 0.0005, high: 0.5}}\n"
+        f"fixed: {{fault_dir: {faults}, batch_size: 64, epoch_sleep: 0.4}}\n"
+        f"max_epochs: {EPOCHS}\nnum_samples: {SAMPLES}\n"
+        "search: {type: random, seed: 3}\n"
+        "training: {patience: null}\n"
+        "resources: {cpus_per_trial: 1, max_concurrent: 1}\n"
+    )
+    return path
+
+
+def _wait_for(folder: Path, proc, finished: int) -> Path:
+    """The sweep's folder once ``finished`` trials ended and another one has logged an epoch."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for state in folder.glob(f"runs/{NAME}-*/{TRACKING_STATE}"):
+            trials = read_state(state)["trials"].values()
+            if sum(bool(t["run_status"]) for t in trials) >= finished and any(
+                not t["run_status"] and t["last_step"] >= 1 for t in trials
+            ):
+                return state.parent
+        time.sleep(0.2)
+    raise AssertionError("the sweep never got half way")
+
+
+def asha_violations(stored: StoredSweep, spec: SchedulerSpec, max_epochs: int) -> list[str]:
+    """ASHA's rule applied to what MLflow holds, trial by trial in the order they started: a trial
+    whose result so far at a rung was below the rung's cutoff (the 1 - 1/rf quantile of the
+    trials before it there) must have ended at that rung, and one above must have gone on."""
+    rungs = [m for m in spec.rungs(max_epochs) if m < max_epochs]  # at max_epochs every trial ends
+    recorded: dict[int, list[float]] = {m: [] for m in rungs}
+    problems = []
+    for child in sorted(stored.children, key=lambda c: c.info.start_time):
+        history = sorted(stored.history(child))
+        last, best, so_far = history[-1][0], math.inf, {}
+        for step, value in history:
+            best = min(best, value)
+            so_far[step] = -best  # ASHA maximises: mode min is negated
+        for m in rungs:
+            if last < m:
+                break
+            cutoff = (
+                np.nanpercentile(recorded[m], (1 - 1 / spec.reduction_factor) * 100) if recorded[m] else None
+            )
+            recorded[m].append(so_far[m])
+            stop = cutoff is not None and so_far[m] < cutoff
+            tid = stored.tag(child, "trial_id")
+            if stop and last > m:
+                problems.append(f"{tid} went past rung {m} at {-so_far[m]:.4g} (cutoff {-cutoff:.4g})")
+            if stop:
+                break
+    return problems
+
+
+def test_sigkill_and_resume_with_the_shipped_defaults(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/x.db"
+    proc = cli("run", str(_sweep(tmp_path)), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
+    folder = _wait_for(tmp_path, proc, finished=4)
+    trials = read_state(folder / TRACKING_STATE)["trials"].values()
+    finished_before = [t["config"]["lr"] for t in trials if t["run_status"]]
+    tree = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kill_all(tree)
+    resumed = cli("resume", str(folder))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out + err
+
+    stored = read_sweep(uri, NAME)
+    ledger = counts(uri)
+    assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (
+        SAMPLES,
+        SAMPLES,
+        0,
+        0,
+    )
+    assert set(ledger.statuses) <= {"completed", "early_stopped"}, ledger.statuses
+    deleted = stored.client.search_runs(
+        [stored.parent.info.experiment_id], run_view_type=ViewType.DELETED_ONLY
+    )
+    assert deleted == []
+    assert all("lr" in c.data.params for c in stored.children), [c.data.params for c in stored.children]
+    assert asha_violations(stored, ASHA, EPOCHS) == []
+    # The chaos experiment logs each build of a trial's model under its lr: a trial that had
+    # finished before the kill was built once, whether Tune's snapshot knew it or not.
+    assert len(list((tmp_path / "faults").glob("*.log"))) == SAMPLES
+    for lr in finished_before:
+        log = (tmp_path / "faults" / f"{float(lr):.12g}.log").read_text().split()
+        assert log.count("build") == 1, lr
