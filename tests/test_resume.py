@@ -75,15 +75,13 @@ def asha_violations(stored: StoredSweep, spec: SchedulerSpec, max_epochs: int) -
         for m in rungs:
             if last < m:
                 break
-            cutoff = (
-                np.nanpercentile(recorded[m], (1 - 1 / spec.reduction_factor) * 100) if recorded[m] else None
-            )
+            quantile = (1 - 1 / spec.reduction_factor) * 100
+            cutoff = float(np.nanpercentile(recorded[m], quantile)) if recorded[m] else -math.inf
             recorded[m].append(so_far[m])
-            stop = cutoff is not None and so_far[m] < cutoff
-            tid = stored.tag(child, "trial_id")
-            if stop and last > m:
-                problems.append(f"{tid} went past rung {m} at {-so_far[m]:.4g} (cutoff {-cutoff:.4g})")
-            if stop:
+            if so_far[m] < cutoff:
+                if last > m:
+                    tid = stored.tag(child, "trial_id")
+                    problems.append(f"{tid} went past rung {m} at {-so_far[m]:.4g} (cutoff {-cutoff:.4g})")
                 break
     return problems
 
