@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.entities import ViewType
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from hypersweep.config import SchedulerSpec
+from hypersweep.tracking import ROLE, TRIAL_ID, SweepRecorder
 from hypersweep.tracking.state import read_state
 from hypersweep.tuning import TRACKING_STATE
 from tests.chaos_tools import NAME, cli, counts, descendants, kill_all
@@ -83,6 +85,8 @@ def asha_violations(stored: StoredSweep, spec: SchedulerSpec, max_epochs: int) -
                     tid = stored.tag(child, "trial_id")
                     problems.append(f"{tid} went past rung {m} at {-so_far[m]:.4g} (cutoff {-cutoff:.4g})")
                 break
+            if last == m and stored.tag(child, "stop_reason") == "asha":
+                problems.append(f"{stored.tag(child, 'trial_id')} was stopped at rung {m} above its cutoff")
     return problems
 
 
@@ -121,3 +125,28 @@ def test_sigkill_and_resume_with_the_shipped_defaults(tmp_path: Path) -> None:
     for lr in finished_before:
         log = (tmp_path / "faults" / f"{float(lr):.12g}.log").read_text().split()
         assert log.count("build") == 1, lr
+
+
+def test_a_run_made_just_before_a_crash_gets_its_params_on_resume(tmp_path: Path) -> None:
+    """The driver died after MLflow created a trial's run and before its first batch (params,
+    metrics) and before the journal learnt the run's id: resume adopts the run and sends them."""
+    uri, state = f"sqlite:///{tmp_path}/m.db", tmp_path / TRACKING_STATE
+    before = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", state_file=state)
+    before.start_sweep(name="crash", sweep_id="s1", settings={})
+    before.start_writer()  # as in a sweep: trial_started leaves the sending to the writer
+    before.trial_started("t1", {"lr": 0.1, "batch_size": 32})
+    before._stop_writer.set()  # the driver dies before the writer's first flush (1 s in)
+    before.client.create_run(  # what _ensure_run sent before the crash
+        before.experiment_id,
+        run_name="t1",
+        tags={MLFLOW_PARENT_RUN_ID: before.parent_run_id, ROLE: "trial", TRIAL_ID: "t1"},
+    )
+    after = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", state_file=state)
+    after.resume()
+    after.trial_started("t1", {"lr": 0.1, "batch_size": 32})  # Tune restarts it
+    after.trial_result("t1", {"epoch": 1, "val_loss": 0.5})
+    after.trial_finished("t1", status="completed", stop_reason="completed")
+    after.flush(force=True)
+    (run,) = read_sweep(uri, "crash").children
+    assert run.data.params == {"lr": "0.1", "batch_size": "32"}
+    assert run.info.status == "FINISHED"
