@@ -368,7 +368,9 @@ class _Sweep:
             "address": self.address,
             "trials": redact(self.trials),
             "tracking_uri": redact(tracking_uri),
-            "spec": redact_settings(data),
+            # URIs only: `resume` rebuilds the sweep's data from these fixed values, which Tune's
+            # own state in this folder holds verbatim anyway (a key-named secret stays usable).
+            "spec": redact_settings(data, by_key=False),
         }
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 

@@ -47,6 +47,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep import scoring
 from hypersweep.errors import ConfigError, first_line, folder_problem
+from hypersweep.tracking.redaction import redact as redact  # re-exported: shown by callers
+from hypersweep.tracking.redaction import redact_settings as redact_settings
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
 
@@ -83,7 +85,6 @@ _RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0)  # waits between flushes while the server
 FINAL_WAIT_SECONDS = float(os.environ.get("HYPERSWEEP_TRACKING_WAIT_S", "120"))
 # What a failed request raises: MLflow's own errors, connection errors (requests' are OSErrors).
 _TRACKING_ERRORS = (MlflowException, OSError)
-_SECRET_QUERY_KEYS = ("token", "password", "secret", "key", "auth")
 # Result keys that are bookkeeping (ours and Ray Tune's), not metrics worth a chart.
 EPOCH_TIME = "epoch_time_ms"  # in an epoch's metrics: when it ended (Unix ms): its timestamp
 _NOT_METRICS = {
@@ -143,36 +144,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return str(mlflow.get_tracking_uri())
-
-
-def redact(text: str) -> str:
-    """A URI without its secrets: ``http://user:pw@host`` -> ``http://***@host``, ``?token=***``."""
-    if "://" not in text:
-        return text
-    parts = urllib.parse.urlsplit(text)
-    secret_keys = [k for k, _ in urllib.parse.parse_qsl(parts.query) if _is_secret(k)]
-    if "@" not in parts.netloc and not secret_keys:
-        return text  # unchanged, byte for byte (sqlite:///x must keep its slashes)
-    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    query = [
-        (k, "***" if _is_secret(k) else v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    masked = parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*"))
-    return urllib.parse.urlunsplit(masked)
-
-
-def _is_secret(key: str) -> bool:
-    return any(s in key.lower() for s in _SECRET_QUERY_KEYS)
-
-
-def redact_settings(data: Any) -> Any:
-    """``data`` with every URI-like string redacted (what a run may show to everyone)."""
-    if isinstance(data, Mapping):
-        return {k: redact_settings(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact_settings(v) for v in data]
-    return redact(data) if isinstance(data, str) else data
 
 
 @dataclass
