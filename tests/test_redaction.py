@@ -1,12 +1,19 @@
-"""Credentials never reach what a sweep shows: hidden by key name in URIs and settings."""
+"""Credentials never reach what a sweep shows: hidden by key name in URIs and settings, and for
+real on a sweep's parent run, its child runs and its summary (a real `mlflow server`)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from hypersweep.errors import ConfigError
+from hypersweep.tracking import check_tracking_uri
 from hypersweep.tracking.redaction import MARK, is_secret_key, redact, redact_settings
+from tests.chaos_tools import free_port, start_server, stop_group
+from tests.conftest import ROOT, hypersweep
+from tests.mlflow_store import read_sweep
 
 SECRET_NAMES = [
     "password", "passwd", "pwd", "pass", "secret", "token", "key", "sig", "signature", "credential",
@@ -103,3 +110,71 @@ def test_settings_hide_credential_named_values_and_uris_and_keep_the_rest() -> N
     # by_key=False (the sweep's own manifest): URIs only, key-named values kept for resume
     kept = redact_settings(settings, by_key=False)["fixed"]
     assert kept["api_token"] == "tok3" and kept["data_url"] == fixed["data_url"]
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    with pytest.raises(ConfigError) as error:
+        check_tracking_uri(uri, source="s.yaml")
+    assert "s3cret-pw" not in str(error.value) and "http://alice:***@127.0.0.1:" in str(error.value)
+
+
+# A sweep whose tracking URI carries a password, and whose fixed values carry a presigned data
+# URL, an API token and look-alikes that must stay visible.
+_SECRETS = ("s3cret-pw", "hunter2-pw", "SIGVAL123", "AKIDVAL456", "AMZSIG789", "TOKVAL000")
+_SWEEP = """\
+name: creds
+experiment: tests.toy:ToyRegression
+search_space: {lr: {type: loguniform, low: 0.001, high: 0.1}}
+fixed:
+  data_url: "https://bob:hunter2-pw@data.example.org/set.csv?sig=SIGVAL123&X-Amz-Credential=AKIDVAL456&X-Amz-Signature=AMZSIG789&format=csv"
+  api_token: TOKVAL000
+  monkey: banana-kept
+  keyboard_layout: qwerty-kept
+max_epochs: 2
+num_samples: 2
+scheduler: {type: fifo}
+search: {type: random}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_sweep_shows_no_credential_anywhere(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_server(tmp_path / "server.db", port)
+    try:
+        sweep = tmp_path / "creds.yaml"
+        sweep.write_text(_SWEEP)
+        uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"  # the server takes anyone: the URI works
+        storage = str(tmp_path / "runs")
+        result = hypersweep("run", str(sweep), "--tracking-uri", uri, "--storage", storage, cwd=ROOT)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        stored = read_sweep(f"http://127.0.0.1:{port}", "creds")
+        parent = stored.parent.info.run_id
+        files = {
+            name: Path(stored.client.download_artifacts(parent, name, str(tmp_path))).read_text()
+            for name in ("sweep.yaml", "best_config.json")
+        }
+        runs = [stored.parent, *stored.children]
+        shown = [json.dumps([r.data.params, r.data.tags]) for r in runs]
+        everything = "\n".join([*files.values(), *shown, result.stdout, result.stderr])
+        for secret in _SECRETS:
+            assert secret not in everything, secret
+    finally:
+        stop_group(server.pid)
+    params = stored.parent.data.params
+    assert params["tracking_uri"] == f"http://alice:***@127.0.0.1:{port}"
+    assert params["fixed.data_url"] == (
+        "https://bob:***@data.example.org/set.csv?sig=***&X-Amz-Credential=***&X-Amz-Signature=***&format=csv"
+    )
+    assert params["fixed.api_token"] == MARK
+    assert (params["fixed.monkey"], params["fixed.keyboard_layout"]) == ("banana-kept", "qwerty-kept")
+    assert "data_url: https://bob:***@data.example.org/set.csv?sig=***" in files["sweep.yaml"]
+    assert "api_token: '***'" in files["sweep.yaml"] and "monkey: banana-kept" in files["sweep.yaml"]
+    assert json.loads(files["best_config.json"])["api_token"] == MARK
+    for child in stored.children:
+        assert child.data.params["api_token"] == MARK and child.data.params["monkey"] == "banana-kept"
+        assert child.data.params["data_url"] == params["fixed.data_url"]
+    assert f"hypersweep ui --tracking-uri http://alice:***@127.0.0.1:{port}" in result.stdout
+    assert "api_token=***" in result.stdout and "monkey=banana-kept" in result.stdout

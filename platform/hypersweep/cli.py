@@ -213,6 +213,8 @@ def _end(spec: Any, outcome: Any) -> None:
 
 
 def _print_outcome(spec: Any, outcome: Any) -> None:
+    from hypersweep.tracking import redact_settings
+
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
     _out.print(
         f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
@@ -235,7 +237,8 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
     else:
         best = outcome.best
         _out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
-        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(best.config.items())))
+        shown = redact_settings(best.config)  # the sweep's fixed values ride along: a token
+        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(shown.items())))
         _out.print(f"  MLflow run: {best.run_id}")
     _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
     _out.print(f"trial state: {outcome.storage_path}")
@@ -346,7 +349,7 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
 )
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
     """Open the MLflow UI on 127.0.0.1 to compare the runs."""
-    from hypersweep.tracking import require_existing_store, resolve_tracking_uri
+    from hypersweep.tracking import redact, require_existing_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     require_existing_store(uri)  # MLflow would show an empty store it made
@@ -355,7 +358,7 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
         Console(stderr=True).print(
             f"[yellow]warning: the MLflow UI on {host} is reachable by anyone who can reach this machine[/]"
         )
-    _out.print(f"MLflow UI for {uri}: http://{host}:{port}")
+    _out.print(f"MLflow UI for {redact(uri)}: http://{host}:{port}")
     args = [
         sys.executable,
         "-m",

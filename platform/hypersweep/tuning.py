@@ -636,7 +636,7 @@ def _error_line(error: object) -> str:
     """The root cause of a trial's error in one line: the last line of Ray's error text
     (``trial.get_error()`` is the text of the trial's error file, a traceback)."""
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return redact(lines[-1]) if lines else ""  # shown on the terminal: a URL it names keeps no token
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:

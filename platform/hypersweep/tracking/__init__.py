@@ -24,6 +24,7 @@ hold up Ray Tune's loop, which would otherwise leave a worker idle between two t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -119,9 +120,8 @@ def check_tracking_uri(uri: str, *, source: str) -> None:
             raise ConfigError(source, "tracking_uri", f"no SQLite store can be made at {path}: {problem}")
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S) as response:
+        with urllib.request.urlopen(_health_request(uri), timeout=_HEALTH_TIMEOUT_S) as response:
             if response.status == 200:
                 return
             problem = f"HTTP {response.status}"
@@ -135,8 +135,20 @@ def check_tracking_uri(uri: str, *, source: str) -> None:
     raise ConfigError(
         source,
         "tracking_uri",
-        f"no MLflow server answers at {uri} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
+        f"no MLflow server answers at {redact(uri)} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
     )
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """The server's /health, asked as MLflow's client (requests) would: credentials in the URI
+    (``http://user:password@host``) go as basic auth; urllib would take them for the host name."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    request = urllib.request.Request(urllib.parse.urlunsplit(bare))
+    if parts.username is not None:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -355,7 +367,7 @@ class SweepRecorder:
             metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
             tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, best.run_id)],
         )
-        self.client.log_dict(self.parent_run_id, best.config, "best_config.json")
+        self.client.log_dict(self.parent_run_id, redact_settings(best.config), "best_config.json")
         if best_weights is not None and best_weights.is_file():
             self.client.log_artifact(self.parent_run_id, str(best_weights), "best_model")
 
@@ -514,8 +526,8 @@ class SweepRecorder:
             if status in ("diverged", "failed"):
                 run.best = math.nan  # never the best trial
             run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
-            if error:
-                run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
+            if error:  # a traceback ends with its cause; it may name a URL with its token
+                run.final_tags["hypersweep.error"] = redact(error)[-5000:]
             ended = RunStatus.FAILED if status == "failed" else RunStatus.FINISHED
             run.run_status = RunStatus.to_string(ended)
             run.ended_ms = _now_ms()
@@ -570,7 +582,7 @@ class SweepRecorder:
         if run.reopen and not run.run_status:
             self.client.update_run(run.run_id, status="RUNNING")
             run.reopen = False
-        params = [] if run.params_sent else [Param(k, _param_text(v)) for k, v in sorted(run.config.items())]
+        params = [] if run.params_sent else _trial_params(run.config)
         if len(params) > _MAX_PARAMS_PER_BATCH:
             self._log_params(run.run_id, params)
             params = []
@@ -703,6 +715,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _trial_params(config: Mapping[str, Any]) -> list[Param]:
+    """A trial's params: its config, which holds the sweep's fixed values too (a data URL, an
+    API token), shown as everyone may see it."""
+    return [Param(k, _param_text(v)) for k, v in sorted(redact_settings(config).items())]
+
+
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:6000]  # MLflow's param value limit
@@ -742,7 +760,7 @@ def find_best(ref: str, *, tracking_uri: str) -> SweepSummary:
 def _best_of(ref: str, client: MlflowClient, tracking_uri: str) -> SweepSummary:
     parent = _find_parent(client, ref)
     if parent is None:
-        raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {tracking_uri}")
+        raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {redact(tracking_uri)}")
     tags, metrics = parent.data.tags, parent.data.metrics
     best_run = tags.get(BEST_RUN)
     best_metric = next((k for k in metrics if k.startswith("best_")), None)
