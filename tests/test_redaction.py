@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hypersweep.errors import ConfigError
+from hypersweep.redaction import MARK, is_secret_key, redact, redact_settings
 from hypersweep.tracking import check_tracking_uri
-from hypersweep.tracking.redaction import MARK, is_secret_key, redact, redact_settings
 from tests.chaos_tools import free_port, start_server, stop_group
 from tests.conftest import ROOT, hypersweep
 from tests.mlflow_store import read_sweep

@@ -48,8 +48,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep import scoring
 from hypersweep.errors import ConfigError, first_line, folder_problem
-from hypersweep.tracking.redaction import redact as redact  # re-exported: shown by callers
-from hypersweep.tracking.redaction import redact_settings as redact_settings
+from hypersweep.redaction import redact as redact  # re-exported: shown by callers
+from hypersweep.redaction import redact_settings as redact_settings
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
 
