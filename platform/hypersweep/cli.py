@@ -1,4 +1,5 @@
-"""Command line: argument parsing and printing only. ``ConfigError`` becomes one line and exit 2."""
+"""Command line: argument parsing and printing only. ``ConfigError`` becomes one line and exit 2;
+anything else unexpected is a crash: one line naming it and its traceback's file, exit 3."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from hypersweep.errors import ConfigError
+from hypersweep.errors import ConfigError, first_line, write_crash_report
+from hypersweep.redaction import redact
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A contract (README): scripts tell no result from bad input and from a crash (a bug) by these alone.
+EXIT_OK, EXIT_NO_VALID_TRIAL, EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = f"""\b
+Exit codes:
+  {EXIT_OK}    done: the sweep finished with a best trial
+  {EXIT_NO_VALID_TRIAL}    the sweep ran, but no trial produced a valid result (all failed or diverged)
+  {EXIT_BAD_INPUT}    bad input: one line 'error: <file>: <key.path>: <what is wrong>', nothing started
+  {EXIT_CRASH}    hypersweep itself crashed: one line naming the error and the file holding its traceback
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): continue with hypersweep resume SWEEP"""
 _out = Console(highlight=False, soft_wrap=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(package_name="hypersweep")
 def cli() -> None:
     """hypersweep: hyperparameter sweeps of PyTorch models (Ray Tune, Optuna, ASHA, MLflow)."""
@@ -113,7 +123,7 @@ def _origin(key: str) -> str:
     return f" (from {', '.join(args)})" if args else ""
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @_sweep_options
 @click.option("--address", help="Ray cluster address (default: start Ray on this machine).")
 def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flags: Any) -> None:
@@ -148,7 +158,7 @@ def _sweep_node(spec: Any, roots: list[str] | None) -> Any:
     return sweep_node(spec, import_roots(spec.source) if roots is None else roots)
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES)
 @click.argument("sweep")
 @click.option(
     "--storage",
@@ -193,7 +203,7 @@ def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: s
 
 
 def _end(spec: Any, outcome: Any) -> None:
-    """The summary, then exit: 130 interrupted, 1 no valid trial, 0 otherwise."""
+    """The summary, then exit: 130 interrupted, 1 no valid trial, 0 otherwise (run and resume)."""
     if outcome.interrupted:
         click.echo(
             f"interrupted: {sum(outcome.statuses.values())}/{spec.num_samples} trials finished; "
@@ -209,10 +219,12 @@ def _end(spec: Any, outcome: Any) -> None:
             f"send them with: hypersweep resume {outcome.folder}",
             err=True,
         )
-    sys.exit(EXIT_FAILED if outcome.failed else EXIT_OK)
+    sys.exit(EXIT_NO_VALID_TRIAL if outcome.failed else EXIT_OK)
 
 
 def _print_outcome(spec: Any, outcome: Any) -> None:
+    from hypersweep.tracking import redact_settings
+
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
     _out.print(
         f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
@@ -235,7 +247,8 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
     else:
         best = outcome.best
         _out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
-        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(best.config.items())))
+        shown = redact_settings(best.config)  # the sweep's fixed values ride along: a token
+        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(shown.items())))
         _out.print(f"  MLflow run: {best.run_id}")
     _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
     _out.print(f"trial state: {outcome.storage_path}")
@@ -346,7 +359,7 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
 )
 def ui(tracking_uri: str | None, port: int, host: str) -> None:
     """Open the MLflow UI on 127.0.0.1 to compare the runs."""
-    from hypersweep.tracking import require_existing_store, resolve_tracking_uri
+    from hypersweep.tracking import redact, require_existing_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     require_existing_store(uri)  # MLflow would show an empty store it made
@@ -355,7 +368,7 @@ def ui(tracking_uri: str | None, port: int, host: str) -> None:
         Console(stderr=True).print(
             f"[yellow]warning: the MLflow UI on {host} is reachable by anyone who can reach this machine[/]"
         )
-    _out.print(f"MLflow UI for {uri}: http://{host}:{port}")
+    _out.print(f"MLflow UI for {redact(uri)}: http://{host}:{port}")
     args = [
         sys.executable,
         "-m",
@@ -383,7 +396,8 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: bad input is one line on stderr and exit 2, never a traceback.
+    """Entry point: bad input is one line on stderr and exit 2, never a traceback; a crash is one
+    line and exit 3, its traceback in a file.
 
     ``argv`` None: the process's own command line, which ends with the command.
     """
@@ -413,9 +427,20 @@ def _dispatch(argv: Sequence[str] | None) -> None:
     except ConfigError as exc:
         click.echo(exc.line() + _origin(exc.key), err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except click.UsageError as exc:
+    except click.ClickException as exc:  # a usage error, or a file click could not open
         click.echo(f"error: command line: {exc.format_message()}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug or an environment nothing checked: never a silent exit 1
+        _crashed(exc)
+
+
+def _crashed(exc: Exception) -> None:
+    """One line naming the error and where its traceback is (the sweep's folder when it happened
+    during a sweep); then exit 3."""
+    where = write_crash_report(exc)
+    what = type(exc).__name__ + (f": {redact(first_line(exc))}" if str(exc).strip() else "")
+    click.echo(f"error: hypersweep crashed: {what} (traceback: {where})", err=True)
+    sys.exit(EXIT_CRASH)

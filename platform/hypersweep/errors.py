@@ -1,12 +1,21 @@
-"""The one error type users see: bad input, reported as ``error: <file>: <key.path>: <what>``."""
+"""The one error type users see: bad input, reported as ``error: <file>: <key.path>: <what>``;
+and the report of anything else raised, a crash of the platform itself."""
 
 from __future__ import annotations
 
 import difflib
 import os
+import sys
+import tempfile
+import traceback
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from hypersweep.redaction import redact
+
+_FOLDER_NOTE = "hypersweep sweep folder: "  # a note on an exception raised during a sweep
 
 
 class ConfigError(Exception):
@@ -55,3 +64,31 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 def first_error(errors: list[Any]) -> Any:
     """The pydantic error to report: an unknown key first, since it often causes a 'missing' one."""
     return sorted(errors, key=lambda e: e["type"] != "extra_forbidden")[0]
+
+
+def note_sweep_folder(exc: BaseException, folder: Path) -> None:
+    """Mark ``exc`` as raised during the sweep in ``folder``: its crash report is written there."""
+    if not any(n.startswith(_FOLDER_NOTE) for n in getattr(exc, "__notes__", ())):
+        exc.add_note(f"{_FOLDER_NOTE}{folder}")
+
+
+def write_crash_report(exc: BaseException) -> str:
+    """Write ``exc``'s traceback to a file and return its path: in the sweep's folder when it was
+    raised during a sweep (``note_sweep_folder``), else in the temporary folder. A URI's
+    credentials in it are hidden. If no file can be written: the traceback goes to stderr and
+    'stderr' is returned."""
+    text = redact("".join(traceback.format_exception(exc)))
+    folders = [
+        n.removeprefix(_FOLDER_NOTE) for n in getattr(exc, "__notes__", ()) if n.startswith(_FOLDER_NOTE)
+    ]
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")  # a resume that crashes again: a new file
+    places = [Path(folder) / f"crash-{stamp}.txt" for folder in folders]
+    places.append(Path(tempfile.gettempdir()) / f"hypersweep-crash-{stamp}.txt")
+    for path in places:
+        try:
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    sys.stderr.write(text)
+    return "stderr"

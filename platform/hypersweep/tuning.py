@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hypersweep import cluster
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
-from hypersweep.errors import ConfigError, first_line
+from hypersweep.errors import ConfigError, first_line, note_sweep_folder
 from hypersweep.manifest import (
     FORMAT,
     MANIFEST,
@@ -319,21 +319,32 @@ class _Sweep:
 
     def run(self, progress: Progress | None) -> SweepOutcome:
         self._claim_folder()
-        recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
-        parent = recorder.start_sweep(
-            name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
-        )
-        self._write_manifest(recorder.tracking_uri)
-        tuner = build_tuner(
-            self.spec,
-            roots=self.roots,
-            data=self.data,
-            sweep_id=self.sweep_id,
-            concurrent=self.concurrent,
-            callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
-            folder=self.folder,
-        )
-        return self._fit(tuner, recorder, parent, progress)
+        with self._crash_noted():
+            recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
+            parent = recorder.start_sweep(
+                name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
+            )
+            self._write_manifest(recorder.tracking_uri)
+            tuner = build_tuner(
+                self.spec,
+                roots=self.roots,
+                data=self.data,
+                sweep_id=self.sweep_id,
+                concurrent=self.concurrent,
+                callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
+                folder=self.folder,
+            )
+            return self._fit(tuner, recorder, parent, progress)
+
+    @contextlib.contextmanager
+    def _crash_noted(self) -> Iterator[None]:
+        """Anything unexpected raised from here on is a crash of this sweep: its report (the
+        traceback) belongs in the sweep's folder, beside what `resume` reads."""
+        try:
+            yield
+        except Exception as exc:
+            note_sweep_folder(exc, self.folder)
+            raise
 
     def _claim_folder(self) -> None:
         """Make the sweep's folder, which must be new: two sweeps sharing one would write one
@@ -349,13 +360,14 @@ class _Sweep:
         raise RuntimeError(f"no new sweep folder could be made next to {self.folder}")
 
     def resume(self, uri: str, progress: Progress | None) -> SweepOutcome:
-        recorder = self._recorder(uri)
-        recorder.resume()
-        if progress is not None:
-            progress.finished.update(recorder.statuses())
-        trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
-        tuner = tune.Tuner.restore(self.trials, trainable=trainable)
-        return self._fit(tuner, recorder, recorder.parent_run_id, progress)
+        with self._crash_noted():
+            recorder = self._recorder(uri)
+            recorder.resume()
+            if progress is not None:
+                progress.finished.update(recorder.statuses())
+            trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
+            tuner = tune.Tuner.restore(self.trials, trainable=trainable)
+            return self._fit(tuner, recorder, recorder.parent_run_id, progress)
 
     def _write_manifest(self, tracking_uri: str) -> None:
         data = self.spec.resolved()
@@ -368,7 +380,9 @@ class _Sweep:
             "address": self.address,
             "trials": redact(self.trials),
             "tracking_uri": redact(tracking_uri),
-            "spec": redact_settings(data),
+            # URIs only: `resume` rebuilds the sweep's data from these fixed values, which Tune's
+            # own state in this folder holds verbatim anyway (a key-named secret stays usable).
+            "spec": redact_settings(data, by_key=False),
         }
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
@@ -639,7 +653,7 @@ def _error_line(error: object) -> str:
     """The root cause of a trial's error in one line: the last line of Ray's error text
     (``trial.get_error()`` is the text of the trial's error file, a traceback)."""
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return redact(lines[-1]) if lines else ""  # shown on the terminal: a URL it names keeps no token
 
 
 def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:

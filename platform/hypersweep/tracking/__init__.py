@@ -24,6 +24,7 @@ hold up Ray Tune's loop, which would otherwise leave a worker idle between two t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -47,6 +48,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from hypersweep import scoring
 from hypersweep.errors import ConfigError, first_line, folder_problem
+from hypersweep.redaction import redact as redact  # re-exported: shown by callers
+from hypersweep.redaction import redact_settings as redact_settings
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
 
@@ -87,7 +90,6 @@ _RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0)  # waits between flushes while the server
 FINAL_WAIT_SECONDS = float(os.environ.get("HYPERSWEEP_TRACKING_WAIT_S", "120"))
 # What a failed request raises: MLflow's own errors, connection errors (requests' are OSErrors).
 _TRACKING_ERRORS = (MlflowException, OSError)
-_SECRET_QUERY_KEYS = ("token", "password", "secret", "key", "auth")
 # Result keys that are bookkeeping (ours and Ray Tune's), not metrics worth a chart.
 EPOCH_TIME = "epoch_time_ms"  # in an epoch's metrics: when it ended (Unix ms): its timestamp
 _NOT_METRICS = {
@@ -122,9 +124,8 @@ def check_tracking_uri(uri: str, *, source: str) -> None:
             raise ConfigError(source, "tracking_uri", f"no SQLite store can be made at {path}: {problem}")
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=_HEALTH_TIMEOUT_S) as response:
+        with urllib.request.urlopen(_health_request(uri), timeout=_HEALTH_TIMEOUT_S) as response:
             if response.status == 200:
                 return
             problem = f"HTTP {response.status}"
@@ -138,8 +139,20 @@ def check_tracking_uri(uri: str, *, source: str) -> None:
     raise ConfigError(
         source,
         "tracking_uri",
-        f"no MLflow server answers at {uri} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
+        f"no MLflow server answers at {redact(uri)} ({problem} within {_HEALTH_TIMEOUT_S:g} s)",
     )
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """The server's /health, asked as MLflow's client (requests) would: credentials in the URI
+    (``http://user:password@host``) go as basic auth; urllib would take them for the host name."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    request = urllib.request.Request(urllib.parse.urlunsplit(bare))
+    if parts.username is not None:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -147,36 +160,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return str(mlflow.get_tracking_uri())
-
-
-def redact(text: str) -> str:
-    """A URI without its secrets: ``http://user:pw@host`` -> ``http://***@host``, ``?token=***``."""
-    if "://" not in text:
-        return text
-    parts = urllib.parse.urlsplit(text)
-    secret_keys = [k for k, _ in urllib.parse.parse_qsl(parts.query) if _is_secret(k)]
-    if "@" not in parts.netloc and not secret_keys:
-        return text  # unchanged, byte for byte (sqlite:///x must keep its slashes)
-    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
-    query = [
-        (k, "***" if _is_secret(k) else v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    masked = parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*"))
-    return urllib.parse.urlunsplit(masked)
-
-
-def _is_secret(key: str) -> bool:
-    return any(s in key.lower() for s in _SECRET_QUERY_KEYS)
-
-
-def redact_settings(data: Any) -> Any:
-    """``data`` with every URI-like string redacted (what a run may show to everyone)."""
-    if isinstance(data, Mapping):
-        return {k: redact_settings(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact_settings(v) for v in data]
-    return redact(data) if isinstance(data, str) else data
 
 
 @dataclass
@@ -391,7 +374,7 @@ class SweepRecorder:
             metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
             tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, best.run_id)],
         )
-        self.client.log_dict(self.parent_run_id, best.config, "best_config.json")
+        self.client.log_dict(self.parent_run_id, redact_settings(best.config), "best_config.json")
         if best_weights is not None and best_weights.is_file():
             self.client.log_artifact(self.parent_run_id, str(best_weights), "best_model")
 
@@ -564,11 +547,9 @@ class SweepRecorder:
             if status in ("diverged", "failed", "interrupted"):
                 run.best = math.nan  # never the best trial
             run.final_tags = {STATUS: status, STOP_REASON: stop_reason}
-            if error:
-                run.final_tags["hypersweep.error"] = error[-5000:]  # a traceback ends with its cause
-            ended = {"failed": RunStatus.FAILED, "interrupted": RunStatus.KILLED}.get(
-                status, RunStatus.FINISHED
-            )
+            if error:  # a traceback ends with its cause; it may name a URL with its token
+                run.final_tags["hypersweep.error"] = redact(error)[-5000:]
+            ended = _RUN_STATUS.get(status, RunStatus.FINISHED)
             run.run_status = RunStatus.to_string(ended)
             run.ended_ms = _now_ms()
             if math.isfinite(run.best):  # the trial's result (see scoring): a column in the UI
@@ -622,7 +603,7 @@ class SweepRecorder:
         if run.reopen and not run.run_status:
             self.client.update_run(run.run_id, status="RUNNING")
             run.reopen = False
-        params = [] if run.params_sent else [Param(k, _param_text(v)) for k, v in sorted(run.config.items())]
+        params = [] if run.params_sent else _trial_params(run.config)
         if len(params) > _MAX_PARAMS_PER_BATCH:
             self._log_params(run.run_id, params)
             params = []
@@ -755,6 +736,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _trial_params(config: Mapping[str, Any]) -> list[Param]:
+    """A trial's params: its config, which holds the sweep's fixed values too (a data URL, an
+    API token), shown as everyone may see it."""
+    return [Param(k, _param_text(v)) for k, v in sorted(redact_settings(config).items())]
+
+
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:6000]  # MLflow's param value limit
@@ -794,7 +781,7 @@ def find_best(ref: str, *, tracking_uri: str) -> SweepSummary:
 def _best_of(ref: str, client: MlflowClient, tracking_uri: str) -> SweepSummary:
     parent = _find_parent(client, ref)
     if parent is None:
-        raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {tracking_uri}")
+        raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {redact(tracking_uri)}")
     tags, metrics = parent.data.tags, parent.data.metrics
     best_run = tags.get(BEST_RUN)
     best_metric = next((k for k in metrics if k.startswith("best_")), None)
