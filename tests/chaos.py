@@ -2,8 +2,9 @@
 
 Its fixed config says where and how (``fault_dir``, ``fault``: raise | kill | none,
 ``fault_epoch``, ``fault_attempts``: how many attempts of each trial fail, ``epoch_sleep`` in
-seconds). It writes one line per event to ``fault_dir/<trial key>.log`` (``build``, ``eval``) so
-a test can tell whether a retry started from a checkpoint or from epoch 0.
+seconds, ``artifacts``: attach a file to each finished trial's run). It writes one line per event
+to ``fault_dir/<trial key>.log`` (``build``, ``eval``) so a test can tell whether a retry started
+from a checkpoint or from epoch 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ChaosToy(ToyRegression):
         "fault_epoch": 2,
         "fault_attempts": 1,
         "epoch_sleep": 0.0,
+        "artifacts": False,  # a finished trial attaches a small file (its lr)
     }
 
     def build_model(self, config: Mapping[str, Any], data: Data) -> nn.Module:
@@ -53,6 +55,9 @@ class ChaosToy(ToyRegression):
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected fault in attempt {attempt}")
         return super().metrics(output, target)
+
+    def artifacts(self, model: nn.Module, data: Data) -> dict[str, bytes]:
+        return {"lr.txt": str(self.cfg["lr"]).encode()} if self.cfg.get("artifacts") else {}
 
 
 def _append(path: Path, line: str) -> None:

@@ -19,7 +19,17 @@ from hypersweep.config import SchedulerSpec
 from hypersweep.tracking import ROLE, TRIAL_ID, SweepRecorder
 from hypersweep.tracking.state import read_state
 from hypersweep.tuning import TRACKING_STATE
-from tests.chaos_tools import NAME, cli, counts, descendants, kill_all
+from tests.chaos_tools import (
+    NAME,
+    chaos_sweep,
+    cli,
+    counts,
+    descendants,
+    free_port,
+    kill_all,
+    start_server,
+    stop_group,
+)
 from tests.mlflow_store import StoredSweep, read_sweep
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -150,3 +160,61 @@ def test_a_run_made_just_before_a_crash_gets_its_params_on_resume(tmp_path: Path
     (run,) = read_sweep(uri, "crash").children
     assert run.data.params == {"lr": "0.1", "batch_size": "32"}
     assert run.info.status == "FINISHED"
+
+
+def test_the_outage_backlog_holds_artifacts_and_the_sweeps_end(tmp_path: Path) -> None:
+    """The server dies mid-sweep and stays down past the end: the trials' files, the best trial,
+    its weights and the parent's end wait in the sweep's folder (exit 4); a resume while it is
+    still down says so in one line (exit 2); once it is back, a resume sends it all."""
+    db, port = tmp_path / "server.db", free_port()
+    server = start_server(db, port)
+    uri = f"http://127.0.0.1:{port}"
+    quick = {"HYPERSWEEP_TRACKING_WAIT_S": "3"}  # the end's wait for a server that is down
+    try:
+        sweep = chaos_sweep(tmp_path, samples=3, epochs=4, epoch_sleep=0.3, artifacts="true")
+        proc = cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"), env=quick)
+        folder = _wait_for_first_epoch(tmp_path, proc)
+        stop_group(server.pid)
+        server.wait(timeout=30)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 4, out + err
+        assert f"hypersweep resume {folder}" in err
+        assert (folder / "unsent").is_dir()
+
+        down = cli("resume", str(folder), env=quick)
+        out, err = down.communicate(timeout=120)
+        assert down.returncode == 2, out + err
+        assert (
+            err.startswith(f"error: {folder}: tracking_uri: no MLflow server answers")
+            and "Traceback" not in err
+        )
+
+        server = start_server(db, port)
+        up = cli("resume", str(folder), env=quick)
+        out, err = up.communicate(timeout=300)
+        assert up.returncode == 0, out + err
+        stored = read_sweep(uri, NAME)
+        assert [c.info.status for c in stored.children] == ["FINISHED"] * 3
+        for child in stored.children:
+            files = [f.path for f in stored.client.list_artifacts(child.info.run_id)]
+            assert "lr.txt" in files, (child.data.params, files)
+        parent = stored.parent
+        assert parent.info.status == "FINISHED"
+        assert stored.tag(parent, "best_trial") and f"best_{'val_loss'}" in parent.data.metrics
+        assert [f.path for f in stored.client.list_artifacts(parent.info.run_id, "best_model")] == [
+            "best_model/model.pt"
+        ]
+        assert not (folder / "unsent").exists()
+    finally:
+        stop_group(server.pid)
+
+
+def _wait_for_first_epoch(tmp: Path, proc) -> Path:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for state in tmp.glob(f"runs/{NAME}-*/{TRACKING_STATE}"):
+            if any(t["last_step"] >= 1 for t in read_state(state)["trials"].values()):
+                return state.parent
+        time.sleep(0.2)
+    raise AssertionError("no trial logged an epoch")

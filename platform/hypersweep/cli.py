@@ -18,13 +18,15 @@ from hypersweep.errors import ConfigError, first_line, write_crash_report
 from hypersweep.redaction import redact
 
 # A contract (README): scripts tell no result from bad input and from a crash (a bug) by these alone.
-EXIT_OK, EXIT_NO_VALID_TRIAL, EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_NO_VALID_TRIAL, EXIT_BAD_INPUT, EXIT_CRASH, EXIT_UNSENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = f"""\b
 Exit codes:
   {EXIT_OK}    done: the sweep finished with a best trial
   {EXIT_NO_VALID_TRIAL}    the sweep ran, but no trial produced a valid result (all failed or diverged)
   {EXIT_BAD_INPUT}    bad input: one line 'error: <file>: <key.path>: <what is wrong>', nothing started
   {EXIT_CRASH}    hypersweep itself crashed: one line naming the error and the file holding its traceback
+  {EXIT_UNSENT}    the trials ended, but the tracking server did not take all of it: the rest is kept in
+       the sweep's folder; hypersweep resume SWEEP sends it (the sweep is finished then)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C): continue with hypersweep resume SWEEP"""
 _out = Console(highlight=False, soft_wrap=True)
 
@@ -203,7 +205,8 @@ def resume(sweep: str, storage: str | None, tracking_uri: str | None, address: s
 
 
 def _end(spec: Any, outcome: Any) -> None:
-    """The summary, then exit: 130 interrupted, 1 no valid trial, 0 otherwise (run and resume)."""
+    """The summary, then exit: 130 interrupted, 4 writes unsent, 1 no valid trial, 0 otherwise
+    (run and resume)."""
     if outcome.interrupted:
         click.echo(
             f"interrupted: {sum(outcome.statuses.values())}/{spec.num_samples} trials finished; "
@@ -219,6 +222,7 @@ def _end(spec: Any, outcome: Any) -> None:
             f"send them with: hypersweep resume {outcome.folder}",
             err=True,
         )
+        sys.exit(EXIT_UNSENT)
     sys.exit(EXIT_NO_VALID_TRIAL if outcome.failed else EXIT_OK)
 
 

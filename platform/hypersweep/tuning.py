@@ -154,6 +154,8 @@ def resume_sweep(
                 str(folder), "tracking_uri", "its credentials were not stored: pass --tracking-uri"
             )
         uri = resolve_tracking_uri(uri)
+        # A server still down: one line (exit 2), the sweep's backlog kept for the next resume.
+        check_tracking_uri(uri, source=str(folder))
     except BaseException:
         if node is not None:
             node.stop()

@@ -25,10 +25,13 @@ hold up Ray Tune's loop, which would otherwise leave a worker idle between two t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
@@ -182,6 +185,7 @@ class _TrialRun:
     started_ms: int = 0  # when the trial started and ended: its run's times, not when they were sent
     ended_ms: int = 0
     dropped: list[str] = field(default_factory=list)  # writes MLflow refused: "metric name: why"
+    unsent_artifacts: list[str] = field(default_factory=list)  # copies kept until MLflow has them
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -239,6 +243,10 @@ class SweepRecorder:
         self._create_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._stop_writer = threading.Event()
+        # The parent run's last writes, queued by finish_sweep: "best", "best_model", "end".
+        self._parent_due: dict[str, Any] = {}
+        # Copies of files MLflow has not taken yet (the artifacts of an outage).
+        self._backlog = (state_file.parent if state_file else Path(tempfile.gettempdir())) / "unsent"
 
     # -- the writer thread -------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -354,29 +362,56 @@ class SweepRecorder:
         self._save()
 
     def finish_sweep(self, *, best_weights: Path | None, failed: bool) -> BestTrial | None:
-        """Send the backlog (waiting a bounded time), record the best trial, end the parent run."""
-        if not self.drain(FINAL_WAIT_SECONDS):
-            return self.best_trial()  # kept in the state file: `hypersweep resume` sends it
+        """Queue the parent run's last writes (the best trial, its weights, the run's end) behind
+        the trials' backlog and send it all, waiting a bounded time. What MLflow did not take
+        stays ``unsent``: the sweep is not finished, and ``hypersweep resume`` sends it."""
         best = self.best_trial()
-        try:
-            self._record_best(best, best_weights)
-            status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-            self.client.set_terminated(self.parent_run_id, status=status)
-        except _TRACKING_ERRORS as exc:
-            self._went_down(exc)
+        due: dict[str, Any] = {"end": RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)}
+        if best is not None:
+            due["best"] = best
+            if best_weights is not None and best_weights.is_file():
+                # The weights are in a checkpoint Tune may remove: a copy waits for MLflow.
+                due["best_model"] = str(self._keep(best_weights, "best_model"))
+        self._parent_due = due
+        self.drain(FINAL_WAIT_SECONDS)
         return best
 
-    def _record_best(self, best: BestTrial | None, best_weights: Path | None) -> None:
-        if best is None:
-            return
-        self.client.log_batch(
-            self.parent_run_id,
-            metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
-            tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, best.run_id)],
-        )
-        self.client.log_dict(self.parent_run_id, redact_settings(best.config), "best_config.json")
-        if best_weights is not None and best_weights.is_file():
-            self.client.log_artifact(self.parent_run_id, str(best_weights), "best_model")
+    def _send_parent(self) -> None:
+        """The parent run's last writes, in order, each forgotten once MLflow has it."""
+        due = self._parent_due
+        if "best" in due:
+            best: BestTrial = due["best"]
+            run_id = self._trials[best.trial_id].run_id if best.trial_id in self._trials else best.run_id
+            self.client.log_batch(
+                self.parent_run_id,
+                metrics=[Metric(f"best_{self.metric}", best.value, _now_ms(), 0)],
+                tags=[RunTag(BEST_TRIAL, best.trial_id), RunTag(BEST_RUN, run_id)],
+            )
+            self.client.log_dict(self.parent_run_id, redact_settings(best.config), "best_config.json")
+            del due["best"]
+        if "best_model" in due:
+            self.client.log_artifact(self.parent_run_id, due["best_model"], "best_model")
+            self._drop_copy(due.pop("best_model"))
+        if "end" in due:
+            self.client.set_terminated(self.parent_run_id, status=due.pop("end"))
+
+    def _drop_copy(self, kept: str) -> None:
+        """MLflow has it: the copy goes, and the backlog's folder once it is empty."""
+        shutil.rmtree(Path(kept).parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._backlog.rmdir()
+
+    def _keep(self, source: Path, name: str) -> Path:
+        """A copy of ``source`` (a file or a folder) in the sweep's folder, until MLflow has it."""
+        folder = self._backlog / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        target = folder / source.name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        return target
 
     def drain(self, seconds: float) -> bool:
         """Flush until nothing is outstanding or ``seconds`` have passed; True when all was sent."""
@@ -389,11 +424,13 @@ class SweepRecorder:
 
     @property
     def unsent(self) -> int:
-        """Writes MLflow has not acknowledged yet: metric values, runs to create, runs to end."""
-        return sum(
-            len(r.pending) + (not r.run_id) + (bool(r.run_status) and not r.ended)
+        """Writes MLflow has not acknowledged yet: metric values, runs to create, artifacts, runs to
+        end, and the parent run's best trial, best model and end."""
+        trials = sum(
+            len(r.pending) + (not r.run_id) + len(r.unsent_artifacts) + (bool(r.run_status) and not r.ended)
             for r in self._trials.values()
         )
+        return trials + len(self._parent_due)
 
     def best_trial(self) -> BestTrial | None:
         sign = 1.0 if self.mode == "min" else -1.0
@@ -559,12 +596,20 @@ class SweepRecorder:
             self.flush(force=True)
 
     def log_trial_artifacts(self, trial_id: str, directory: Path) -> None:
+        """Send a trial's files; while the server is down, a copy waits in the sweep's folder
+        (``directory`` is in a checkpoint Tune may remove) and goes with the run's next sync."""
         run = self._trials[trial_id]
-        try:
-            self._ensure_run(trial_id, run)  # the writer may not have made it yet
-            self.client.log_artifacts(run.run_id, str(directory))
-        except _TRACKING_ERRORS as exc:
-            self._went_down(exc)
+        if time.monotonic() >= self._retry_at:  # a server known to be down is not waited for
+            try:
+                self._ensure_run(trial_id, run)  # the writer may not have made it yet
+                self.client.log_artifacts(run.run_id, str(directory))
+                return
+            except _TRACKING_ERRORS as exc:
+                self._went_down(exc)
+        kept = self._keep(directory, f"{trial_id}-{len(run.unsent_artifacts)}")
+        with self._lock:
+            run.unsent_artifacts.append(str(kept))
+            self._save(trial_id)
 
     def flush(self, *, force: bool = False) -> None:
         """Send what is outstanding: at most every few seconds unless forced, and while the server
@@ -580,6 +625,8 @@ class SweepRecorder:
         try:
             for trial_id, run in trials:
                 self._sync(trial_id, run)
+            if self._parent_due and self.unsent == len(self._parent_due):
+                self._send_parent()  # the sweep's end, once the trials' backlog is in
         except _TRACKING_ERRORS as exc:
             self._went_down(exc)
         else:
@@ -597,7 +644,8 @@ class SweepRecorder:
         """Bring one trial's run in MLflow up to date: at best one ``log_batch`` (params, tags and
         metrics together) and its end. Each write is kept until MLflow confirms it, and taken out
         of the state under the lock only for as long as its request is in flight."""
-        if run.ended or not (run.pending or run.pending_tags or run.run_status or not run.params_sent):
+        waiting = run.pending or run.pending_tags or run.unsent_artifacts or run.run_status
+        if run.ended or not (waiting or not run.params_sent):
             return
         self._ensure_run(trial_id, run)
         if run.reopen and not run.run_status:
@@ -622,6 +670,11 @@ class SweepRecorder:
                 del run.pending_tags[: len(tags) - len(final)]
             if not run.pending:
                 break
+        for kept in list(run.unsent_artifacts):  # before the run's end
+            self.client.log_artifacts(run.run_id, kept)
+            self._drop_copy(kept)
+            with self._lock:
+                run.unsent_artifacts.remove(kept)
         if ending:
             self.client.set_terminated(run.run_id, status=run.run_status, end_time=run.ended_ms or None)
             run.ended = True
