@@ -22,7 +22,6 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.execution import class_cache
 from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster
@@ -42,6 +41,7 @@ from hypersweep.manifest import (
     trials_of,
 )
 from hypersweep.ray_node import LocalNode, sweep_node
+from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.schedulers import decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
@@ -384,7 +384,7 @@ class _Sweep:
         interrupted = True  # until fit() returns with every trial accounted for
         recorder.start_writer()
         try:
-            with _actors_inherit_env() if self.address is None else contextlib.nullcontext():
+            with actors_inherit_env() if self.address is None else contextlib.nullcontext():
                 results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
             _settle(recorder, results, self.spec.scheduler.type)
@@ -420,28 +420,6 @@ class _Sweep:
             dropped=recorder.dropped,
             first_dropped=recorder.first_dropped(),
         )
-
-
-@contextlib.contextmanager
-def _actors_inherit_env() -> Iterator[None]:
-    """Local trials start on the workers Ray prestarted, which have imported torch already.
-
-    Tune gives every trial actor a runtime environment of its own (``PL_DISABLE_FORK`` and a
-    few variables copied from this process), and Ray starts a fresh worker for an actor whose
-    runtime environment differs from the prestarted workers' (none): ~5 s of imports per worker
-    on a small machine, while the prestarted ones sit idle. Locally, every worker inherits this
-    process's environment through the node anyway (``ray_node.sweep_node`` sets Tune's defaults in
-    it), so Tune's copy is dropped for the duration of the fit. A cluster's workers do not share
-    this environment; there Tune's runtime environment stays.
-    """
-    defaults, propagated = dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)
-    class_cache.DEFAULT_ENV_VARS.clear()
-    class_cache.ENV_VARS_TO_PROPAGATE.clear()
-    try:
-        yield
-    finally:
-        class_cache.DEFAULT_ENV_VARS.update(defaults)
-        class_cache.ENV_VARS_TO_PROPAGATE.update(propagated)
 
 
 def _settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
