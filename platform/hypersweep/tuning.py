@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import secrets
 import time
@@ -24,7 +23,7 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from hypersweep import cluster
+from hypersweep import cluster, tune_log
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError, first_line
@@ -62,6 +61,9 @@ from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Tune's own console output (tables per result) would drown the CLI's compact progress line.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune warns whenever two of its snapshots fall within 5 s: short trials checkpointing at every
+# rung make that routine, at a cost build_tuner bounds. Its warning of a slow snapshot stays.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
@@ -89,6 +91,7 @@ class SweepOutcome:
     first_error: str = ""  # the first failed trial's error, for the summary
     dropped: int = 0  # writes MLflow refused (named in their runs' hypersweep.dropped tag)
     first_dropped: str = ""
+    tune_log: str = ""  # "Tune logged 3 warnings, 1 error: <its file>"; "" when it logged none
 
     @property
     def failed(self) -> bool:
@@ -324,16 +327,17 @@ class _Sweep:
             name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
         )
         self._write_manifest(recorder.tracking_uri)
-        tuner = build_tuner(
-            self.spec,
-            roots=self.roots,
-            data=self.data,
-            sweep_id=self.sweep_id,
-            concurrent=self.concurrent,
-            callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
-            folder=self.folder,
-        )
-        return self._fit(tuner, recorder, parent, progress)
+        with tune_log.kept_in(self.folder) as logged:
+            tuner = build_tuner(
+                self.spec,
+                roots=self.roots,
+                data=self.data,
+                sweep_id=self.sweep_id,
+                concurrent=self.concurrent,
+                callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
+                folder=self.folder,
+            )
+            return self._fit(tuner, recorder, parent, progress, logged)
 
     def _claim_folder(self) -> None:
         """Make the sweep's folder, which must be new: two sweeps sharing one would write one
@@ -354,8 +358,9 @@ class _Sweep:
         if progress is not None:
             progress.finished.update(recorder.statuses())
         trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
-        tuner = tune.Tuner.restore(self.trials, trainable=trainable)
-        return self._fit(tuner, recorder, recorder.parent_run_id, progress)
+        with tune_log.kept_in(self.folder) as logged:
+            tuner = tune.Tuner.restore(self.trials, trainable=trainable)
+            return self._fit(tuner, recorder, recorder.parent_run_id, progress, logged)
 
     def _write_manifest(self, tracking_uri: str) -> None:
         data = self.spec.resolved()
@@ -373,13 +378,18 @@ class _Sweep:
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
     def _fit(
-        self, tuner: tune.Tuner, recorder: SweepRecorder, parent: str, progress: Progress | None
+        self,
+        tuner: tune.Tuner,
+        recorder: SweepRecorder,
+        parent: str,
+        progress: Progress | None,
+        logged: tune_log.TuneLog,
     ) -> SweepOutcome:
+        """Run the trials and end the sweep; Tune logs into ``logged`` meanwhile (``tune_log``):
+        a failed trial is reported in one line by the live view and recorded in MLflow
+        (hypersweep.error), its whole worker traceback is in Tune's log file."""
         started = time.monotonic()
         _LIVE[self.sweep_id] = (recorder, progress)
-        # A failed trial is reported in one line by the live view and recorded in MLflow
-        # (hypersweep.error); Tune's own log would print the whole worker traceback.
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
         recorder.start_writer()
@@ -419,6 +429,7 @@ class _Sweep:
             tracking_error=recorder.last_error if recorder.unsent else "",
             dropped=recorder.dropped,
             first_dropped=recorder.first_dropped(),
+            tune_log=logged.note(),
         )
 
 
