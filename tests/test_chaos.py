@@ -14,6 +14,7 @@ import pytest
 
 from hypersweep.searcher import STUDY_FILE, study_of
 from hypersweep.tracking.state import read_state
+from hypersweep.tune_log import TUNE_LOG
 from hypersweep.tuning import TRACKING_STATE
 from tests.chaos_tools import (
     NAME,
@@ -151,7 +152,8 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
     assert rc == 0, out + err
     if how.endswith("URI"):
         assert (tmp_path / "store" / folder.name / "tuner.pkl").is_file()
-        assert sorted(p.name for p in folder.iterdir()) == [TRACKING_STATE, "hypersweep.json", STUDY_FILE]
+        local = sorted(p.name for p in folder.iterdir())
+        assert local == [TRACKING_STATE, "hypersweep.json", STUDY_FILE, TUNE_LOG]  # no Tune state
         assert not (tmp_path / "file:").exists()
     ledger = counts(uri)
     assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from hypersweep import cluster, tuning
+from hypersweep import cluster, ray_private, tuning
 from hypersweep.config import load_sweep
 from hypersweep.ray_node import LocalNode
 from tests.conftest import DEFAULT_SWEEP, ROOT
@@ -105,7 +105,7 @@ def test_the_node_starts_its_workers_before_a_driver_joins_and_the_driver_uses_t
     node = LocalNode.start(import_roots=[], preload=["torch"])
     try:
         node.address()
-        cpus = ray._private.utils.get_num_cpus()  # what the node counts
+        cpus = ray_private.num_cpus()  # what the node counts
         deadline = time.monotonic() + 60
         early: list[int] = []
         while time.monotonic() < deadline and len(early) < cpus:

@@ -404,15 +404,15 @@ def test_local_trial_actors_inherit_the_environment_instead_of_carrying_one() ->
     prestarted, preloaded workers have none. Tune's defaults go to the workers' environment."""
     from ray.tune.execution import class_cache
 
-    from hypersweep.tuning import _actors_inherit_env
+    from hypersweep.ray_private import actors_inherit_env
 
     before = (dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE))
-    assert before[0], "Tune no longer sets default env vars for trial actors: revisit _actors_inherit_env"
+    assert before[0], "Tune no longer sets default env vars for trial actors: revisit actors_inherit_env"
 
     class Trainable:
         pass
 
-    with _actors_inherit_env():
+    with actors_inherit_env():
         local = class_cache._ActorClassCache().get(Trainable)
     elsewhere = class_cache._ActorClassCache().get(Trainable)
     assert not local._default_options["runtime_env"]

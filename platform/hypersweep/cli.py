@@ -208,6 +208,8 @@ def _end(spec: Any, outcome: Any) -> None:
     """The summary, then exit: 130 interrupted, 4 writes unsent, 1 no valid trial, 0 otherwise
     (run and resume)."""
     if outcome.interrupted:
+        if outcome.tune_log:
+            click.echo(outcome.tune_log, err=True)
         click.echo(
             f"interrupted: {sum(outcome.statuses.values())}/{spec.num_samples} trials finished; "
             f"continue with: hypersweep resume {outcome.folder}",
@@ -241,6 +243,8 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
         )
     if outcome.first_error:
         _out.print(f"[red]first trial error:[/] {outcome.first_error}")
+    if outcome.tune_log:  # Tune's own warnings and errors, kept off the terminal
+        _out.print(f"[yellow]{escape(outcome.tune_log)}[/]")
     if outcome.dropped:
         _out.print(
             f"[yellow]warning: MLflow refused {outcome.dropped} write(s), each named in its run's tag "

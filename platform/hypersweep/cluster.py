@@ -17,6 +17,7 @@ from typing import IO, Any
 import ray
 
 import hypersweep
+from hypersweep import ray_private
 from hypersweep.config import ResourcesSpec
 from hypersweep.errors import ConfigError
 from hypersweep.ray_node import LocalNode
@@ -72,7 +73,7 @@ def connect(
         global _NODE
         _NODE = node or LocalNode.start(import_roots=import_roots)
         try:
-            ray.init(**{**init, "address": _NODE.address()})
+            _join_local(_NODE, init)
         except BaseException:
             shutdown()
             raise
@@ -81,6 +82,22 @@ def connect(
         init["runtime_env"] = {"py_modules": ship_modules(modules), "excludes": _EXCLUDES}
         _join(address, init)
     return _cluster_info(address)
+
+
+def _join_local(node: LocalNode, init: dict[str, Any]) -> None:
+    """Join the local node; where this Ray lacks what the node is started with, start Ray here
+    with the public ``ray.init`` (one warning line), its workers given the node's environment:
+    the same sweep, without the node's faster start."""
+    try:
+        gcs = node.address()
+    except ray_private.Missing as missing:
+        ray_private.warn(missing, ray_private.PUBLIC_START)
+        # Ray's processes copy this process's environment as they start; "local": a new Ray,
+        # never one that another `ray start` runs on this machine.
+        with _environ(node.worker_env):
+            ray.init(**{**init, "address": "local"})
+        return
+    ray.init(**{**init, "address": gcs})
 
 
 @contextlib.contextmanager
@@ -203,12 +220,7 @@ def _this_machine() -> ClusterInfo:
     CUDA devices torch sees (Ray counts the GPUs; trials need torch to see them)."""
     import torch  # loaded already by whoever asks (validate builds the sweep's models)
 
-    try:
-        from ray._private.utils import get_num_cpus  # what `ray start` counts; not public API
-
-        cpus = float(get_num_cpus(override_docker_cpu_warning=True))
-    except (ImportError, TypeError):
-        cpus = float(os.cpu_count() or 1)
+    cpus = ray_private.num_cpus()
     gpus = float(torch.cuda.device_count())
     return ClusterInfo(None, 1, cpus, gpus, (cpus,), (gpus,))
 

@@ -10,6 +10,8 @@ uses: no log monitor (the driver does not print the workers' output), no autosca
 (nothing to scale) and no API server (for ``ray job`` and ``ray list``, which a sweep does not
 use), three Python processes of ~1 s of CPU each at start. Ray itself is imported
 only in the node's process: the command line starts the node before it imports anything heavy.
+The node is Ray's private ``Node`` (``ray_private``); where this Ray lacks it, the node's
+process says so instead of an address, and the driver starts Ray with the public ``ray.init``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import hypersweep
+from hypersweep import ray_private
 from hypersweep.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ TRIAL_MODULE = "hypersweep.trial"  # what every trial runs (``trial.trainable``)
 # What Ray Tune gives every trial actor (its class_cache.DEFAULT_ENV_VARS, which imports all of
 # Tune): locally the workers get it from the node instead (see tuning._actors_inherit_env).
 TUNE_WORKER_ENV = {"PL_DISABLE_FORK": "1"}
+# The node's answer, instead of an address, when this Ray lacks what it starts the node with.
+_NO_NODE = "missing: "
 
 
 def sweep_node(spec: SweepSpec, roots: list[str]) -> LocalNode:
@@ -57,9 +62,14 @@ class LocalNode:
     when this process ends, however it ends: the node's process watches its stdin for that.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], errors: IO[bytes]) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], errors: IO[bytes], worker_env: Mapping[str, str]
+    ) -> None:
         self._process, self._errors = process, errors
         self._address: str | None = None
+        # What the node gives its workers beyond this process's environment: a Ray started
+        # instead of it (``cluster.connect``, where this Ray lacks the node's internals) too.
+        self.worker_env = dict(worker_env)
 
     @classmethod
     def start(
@@ -72,7 +82,7 @@ class LocalNode:
         # The folder holding hypersweep first: workers import the driver's copy, not another install.
         own = str(Path(hypersweep.__file__).resolve().parent.parent)
         pythonpath = os.pathsep.join([own, *import_roots, os.environ.get("PYTHONPATH", "")])
-        env = {**os.environ, **(worker_env or {}), "PYTHONPATH": pythonpath.strip(os.pathsep)}
+        extra = {**(worker_env or {}), "PYTHONPATH": pythonpath.strip(os.pathsep)}
         # The node's own complaints, shown if it fails to start; open as long as the node runs.
         errors = tempfile.TemporaryFile()  # noqa: SIM115
         process = subprocess.Popen(
@@ -80,22 +90,27 @@ class LocalNode:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
-            env=env,
+            env={**os.environ, **extra},
             # A session of its own: Ctrl-C at the terminal is the driver's alone, and a node
             # stopped while it starts ends whole, the processes its raylet started included.
             start_new_session=True,
         )
-        return cls(process, errors)
+        return cls(process, errors, extra)
 
     def address(self) -> str:
         """The node's GCS address, once it runs.
 
         A node that cannot start (an unwritable Ray temp folder, a full disk) is ``ConfigError``:
-        one line naming Ray's own reason, exit 2, with the node's processes gone."""
+        one line naming Ray's own reason, exit 2, with the node's processes gone. Where this Ray
+        lacks what the node is started with, ``ray_private.Missing`` names it (the node is gone
+        then too): Ray is to be started the public way."""
         if self._address is None:
             assert self._process.stdout is not None
             ready, _, _ = select.select([self._process.stdout], [], [], _START_TIMEOUT_S)
             line = self._process.stdout.readline().decode().strip() if ready else ""
+            if line.startswith(_NO_NODE):
+                self.stop()
+                raise ray_private.Missing(line.removeprefix(_NO_NODE))
             if not line:
                 reason = _last_line(self._complaints()) or f"no address within {_START_TIMEOUT_S:g} s"
                 self.stop()
@@ -191,45 +206,23 @@ def main() -> NoReturn:
     address_out = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     logging.getLogger("ray").setLevel(logging.ERROR)
-
-    from ray._private.parameter import RayParams
-
-    params = RayParams(
-        include_dashboard=False,
-        include_log_monitor=False,  # type: ignore[arg-type]  # annotated as str, read as a flag
-        no_monitor=True,
-        _system_config=system_config,
-    )
-    # As ray.init() starts a local node. spawn_reaper: the node's processes end with this one,
-    # even if it is killed (on Linux the kernel sees to it).
-    node_class = _sweep_node_class()
-    node = node_class(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
     try:
-        address_out.write(node.address + "\n")
-        address_out.close()
+        node = ray_private.start_node(system_config)
+    except ray_private.Missing as missing:
+        _answer(address_out, f"{_NO_NODE}{missing}")  # the driver starts Ray the public way
+        os._exit(0)
+    try:
+        _answer(address_out, node.address)
         sys.stdin.buffer.read()  # returns when the driver is gone
     finally:
-        node.destroy_external_storage()
-        node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+        ray_private.stop_node(node)
         # Nothing left to flush: skip the interpreter's teardown of Ray's modules (~0.3 s).
         os._exit(0)
 
 
-def _sweep_node_class() -> Any:
-    from ray._private.node import Node
-
-    class SweepNode(Node):  # type: ignore[misc]
-        """Ray's head node without its API server.
-
-        With the dashboard off Ray still starts a reduced dashboard process for its job
-        submission and state APIs (``ray job``, ``ray list``); a sweep's driver uses neither.
-        It cost ~1.0-1.3 s of CPU at start, on the cores the workers need then.
-        """
-
-        def start_api_server(self, **_: Any) -> None:
-            pass
-
-    return SweepNode
+def _answer(out: IO[str], line: str) -> None:
+    out.write(line + "\n")
+    out.close()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import secrets
 import time
@@ -22,10 +21,9 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.execution import class_cache
 from ray.tune.search.optuna import OptunaSearch
 
-from hypersweep import cluster
+from hypersweep import cluster, tune_log
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError, first_line, note_sweep_folder
@@ -42,6 +40,7 @@ from hypersweep.manifest import (
     trials_of,
 )
 from hypersweep.ray_node import LocalNode, sweep_node
+from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
@@ -62,6 +61,9 @@ from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Tune's own console output (tables per result) would drown the CLI's compact progress line.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune warns whenever two of its snapshots fall within 5 s: short trials checkpointing at every
+# rung make that routine, at a cost build_tuner bounds. Its warning of a slow snapshot stays.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
@@ -89,6 +91,7 @@ class SweepOutcome:
     first_error: str = ""  # the first failed trial's error, for the summary
     dropped: int = 0  # writes MLflow refused (named in their runs' hypersweep.dropped tag)
     first_dropped: str = ""
+    tune_log: str = ""  # "Tune logged 3 warnings, 1 error: <its file>"; "" when it logged none
 
     @property
     def failed(self) -> bool:
@@ -327,6 +330,7 @@ class _Sweep:
                 name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
             )
             self._write_manifest(recorder.tracking_uri)
+        with self._crash_noted(), tune_log.kept_in(self.folder) as logged:
             tuner = build_tuner(
                 self.spec,
                 roots=self.roots,
@@ -336,7 +340,7 @@ class _Sweep:
                 callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
                 folder=self.folder,
             )
-            return self._fit(tuner, recorder, parent, progress)
+            return self._fit(tuner, recorder, parent, progress, logged)
 
     @contextlib.contextmanager
     def _crash_noted(self) -> Iterator[None]:
@@ -368,8 +372,9 @@ class _Sweep:
             if progress is not None:
                 progress.finished.update(recorder.statuses())
             trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
-            tuner = tune.Tuner.restore(self.trials, trainable=trainable)
-            return self._fit(tuner, recorder, recorder.parent_run_id, progress)
+            with tune_log.kept_in(self.folder) as logged:
+                tuner = tune.Tuner.restore(self.trials, trainable=trainable)
+                return self._fit(tuner, recorder, recorder.parent_run_id, progress, logged)
 
     def _write_manifest(self, tracking_uri: str) -> None:
         data = self.spec.resolved()
@@ -389,18 +394,23 @@ class _Sweep:
         (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
     def _fit(
-        self, tuner: tune.Tuner, recorder: SweepRecorder, parent: str, progress: Progress | None
+        self,
+        tuner: tune.Tuner,
+        recorder: SweepRecorder,
+        parent: str,
+        progress: Progress | None,
+        logged: tune_log.TuneLog,
     ) -> SweepOutcome:
+        """Run the trials and end the sweep; Tune logs into ``logged`` meanwhile (``tune_log``):
+        a failed trial is reported in one line by the live view and recorded in MLflow
+        (hypersweep.error), its whole worker traceback is in Tune's log file."""
         started = time.monotonic()
         _LIVE[self.sweep_id] = (recorder, progress)
-        # A failed trial is reported in one line by the live view and recorded in MLflow
-        # (hypersweep.error); Tune's own log would print the whole worker traceback.
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
         recorder.start_writer()
         try:
-            with _actors_inherit_env() if self.address is None else contextlib.nullcontext():
+            with actors_inherit_env() if self.address is None else contextlib.nullcontext():
                 results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
             _settle(recorder, results, self.spec.scheduler.type)
@@ -435,29 +445,8 @@ class _Sweep:
             tracking_error=recorder.last_error if recorder.unsent else "",
             dropped=recorder.dropped,
             first_dropped=recorder.first_dropped(),
+            tune_log=logged.note(),
         )
-
-
-@contextlib.contextmanager
-def _actors_inherit_env() -> Iterator[None]:
-    """Local trials start on the workers Ray prestarted, which have imported torch already.
-
-    Tune gives every trial actor a runtime environment of its own (``PL_DISABLE_FORK`` and a
-    few variables copied from this process), and Ray starts a fresh worker for an actor whose
-    runtime environment differs from the prestarted workers' (none): ~5 s of imports per worker
-    on a small machine, while the prestarted ones sit idle. Locally, every worker inherits this
-    process's environment through the node anyway (``ray_node.sweep_node`` sets Tune's defaults in
-    it), so Tune's copy is dropped for the duration of the fit. A cluster's workers do not share
-    this environment; there Tune's runtime environment stays.
-    """
-    defaults, propagated = dict(class_cache.DEFAULT_ENV_VARS), set(class_cache.ENV_VARS_TO_PROPAGATE)
-    class_cache.DEFAULT_ENV_VARS.clear()
-    class_cache.ENV_VARS_TO_PROPAGATE.clear()
-    try:
-        yield
-    finally:
-        class_cache.DEFAULT_ENV_VARS.update(defaults)
-        class_cache.ENV_VARS_TO_PROPAGATE.update(propagated)
 
 
 def _settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
