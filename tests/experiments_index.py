@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from hypersweep.config import SweepSpec, import_roots, load_sweep
-from hypersweep.experiment import Experiment
+from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import resolve_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +26,18 @@ def load(path: Path) -> tuple[SweepSpec, Experiment]:
     experiment = cls()
     experiment.configure(dict(spec.fixed))
     return spec, experiment
+
+
+def split_digests(data: Data) -> dict[str, str | None]:
+    """A sha256 of each part of ``data`` (its tensors' shapes, dtypes and values); None for no part."""
+    out: dict[str, str | None] = {}
+    for name, part in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if part is None:
+            out[name] = None
+            continue
+        digest = hashlib.sha256()
+        for tensor in (part.inputs, part.targets):
+            digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        out[name] = digest.hexdigest()
+    return out

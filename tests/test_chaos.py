@@ -189,8 +189,31 @@ def test_resume_refuses_what_is_not_a_sweep(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["some_folder"]
 
 
+def _wait_for_queued_epochs(folder: Path, proc, *, after: dict[str, int], held_s: float) -> None:
+    """Until the tracking journal has kept two or more epochs unsent for ``held_s`` seconds, each
+    reported after ``after`` (every trial's last step when the server stopped). The writer flushes
+    every second: while the server answers, no epoch stays unsent that long."""
+    first_seen: dict[tuple[str, int], float] = {}  # epochs unsent at every look since
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, ("the sweep ended before epochs were held", proc.communicate())
+        now = time.monotonic()
+        unsent = {
+            (tid, step)
+            for tid, trial in _state(folder)["trials"].items()
+            for key, _, _, step in trial["pending"]
+            if key == "val_loss" and step > after.get(tid, 0)
+        }
+        first_seen = {epoch: first_seen.get(epoch, now) for epoch in unsent}
+        if len(first_seen) >= 2 and now - min(first_seen.values()) >= held_s:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no epochs were held while the tracking server was down: {first_seen}")
+
+
 def test_tracking_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
-    """A real MLflow server killed after the first results and restarted on the same port/store."""
+    """A real MLflow server killed after the first results and restarted on the same port/store:
+    the epochs reported while it is down wait in the sweep's tracking journal, then reach it."""
     db, port = tmp_path / "server.db", free_port()
     server = start_server(db, port)
     uri = f"http://127.0.0.1:{port}"
@@ -200,14 +223,19 @@ def test_tracking_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         _wait_until_mid_sweep(tmp_path, proc, finished=0)
         stop_group(server.pid)
         server.wait(timeout=30)
-        time.sleep(3)  # results keep coming while the server is gone
+        folder = _sweep_dir(tmp_path)
+        stopped_at = {tid: t["last_step"] for tid, t in _state(folder)["trials"].items()}
+        # Results keep coming while the server is gone: they are queued, not lost or waited for.
+        _wait_for_queued_epochs(folder, proc, after=stopped_at, held_s=3.0)
         server = start_server(db, port)
         rc, out, err = _wait(proc)
         assert rc == 0, out + err
+        assert "did not answer" not in err  # the backlog was sent before the sweep ended
         ledger = counts(uri)
         assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
         assert steps(uri) == [[1, 2, 3, 4, 5, 6]] * 3
         assert steps(uri, "train_loss") == [[1, 2, 3, 4, 5, 6]] * 3
+        assert not any(t["pending"] for t in _state(folder)["trials"].values())  # the queue emptied
     finally:
         stop_group(server.pid)
 

@@ -305,38 +305,54 @@ def test_a_run_made_late_keeps_the_trials_own_times(tmp_path: Path) -> None:
 
 
 def test_the_tuning_loop_never_waits_for_a_slow_store(tmp_path: Path) -> None:
-    """While the writer thread is inside a request, recording goes on."""
-    gate, inside = threading.Event(), threading.Event()
+    """While the writer thread is inside a request that does not return, the tuning loop records
+    a whole trial; what it recorded is kept and sent once the request returns."""
+    gate, inside, recorded = threading.Event(), threading.Event(), threading.Event()
 
     class SlowClient:
         def __init__(self) -> None:
-            self.batches = 0
+            self.released = False  # the request returned because the test opened the gate
+            self.in_request = False
+            self.metrics: list[tuple[str, int]] = []
 
         def create_run(self, *args: Any, **kwargs: Any) -> Any:
+            self.in_request = True
             inside.set()
-            gate.wait(10)
+            self.released = gate.wait(60)  # far longer than the test waits for the tuning loop
+            self.in_request = False
             return type("R", (), {"info": type("I", (), {"run_id": "run-1"})()})()
 
-        def log_batch(self, *args: Any, **kwargs: Any) -> None:
-            self.batches += 1
+        def log_batch(self, run_id: str, metrics: Any = (), **kwargs: Any) -> None:
+            self.metrics += [(m.key, m.step) for m in metrics]
 
         def set_terminated(self, *args: Any, **kwargs: Any) -> None:
             return None
+
+    def tuning_loop() -> None:
+        for epoch in range(1, 50):
+            recorder.trial_result("t1", {"epoch": epoch, "val_loss": 1.0 / epoch})
+        recorder.trial_finished("t1", status="completed", stop_reason="completed")
+        recorded.set()
 
     client = SlowClient()
     recorder = SweepRecorder(tracking_uri="sqlite:///unused.db", metric="val_loss", mode="min", client=client)
     recorder.start_writer()
     try:
         recorder.trial_started("t1", {"lr": 0.1})
-        assert inside.wait(10)  # the writer is stuck creating the run
-        for epoch in range(1, 50):
-            recorder.trial_result("t1", {"epoch": epoch, "val_loss": 1.0})
-        recorder.trial_finished("t1", status="completed", stop_reason="completed")
+        assert inside.wait(10), "the writer never asked for the trial's run"
+        threading.Thread(target=tuning_loop, daemon=True).start()
+        assert recorded.wait(10), "recording waited for the store's request"
+        assert client.in_request and not gate.is_set()  # the writer was inside it all along
+        # 49 epochs and the trial's best, its run to create, its end: all kept, none sent yet.
+        assert recorder.unsent == 49 + 1 + 1 + 1 and client.metrics == []
     finally:
         gate.set()
         recorder.stop_writer()
+    assert client.released
     recorder.flush(force=True)
-    assert recorder.unsent == 0 and client.batches >= 1
+    assert recorder.unsent == 0
+    expected = [("val_loss", e) for e in range(1, 50)] + [("best_val_loss", 49)]
+    assert sorted(client.metrics) == sorted(expected)
 
 
 def test_the_writer_process_makes_runs_and_reports_mlflow_errors(tmp_path: Path) -> None:

@@ -107,7 +107,8 @@ def test_huge_learning_rate_diverges_within_one_epoch() -> None:
 
 
 def test_early_stopping_stops_when_validation_loss_rises() -> None:
-    # Validation targets are the negated training targets: the better the fit, the worse val_loss.
+    # Validation targets are the negated training targets: the better the fit, the worse val_loss,
+    # so the first epoch is the best and training stops `patience` epochs after it.
     result, reporter = _fit(
         {"optimizer": "adam", "lr": 0.01, "batch_size": 16},
         max_epochs=30,
@@ -115,11 +116,47 @@ def test_early_stopping_stops_when_validation_loss_rises() -> None:
         val_shift=1.0,
         divergence_factor=1e9,
     )
-    assert result.stop_reason == "patience"
-    assert reporter.results[-1]["stop_reason"] == "patience"
-    assert len(reporter.results) < 30
     losses = [r["val_loss"] for r in reporter.results]
-    assert min(losses[-3:]) >= min(losses)  # the last `patience` epochs never improved
+    assert result.stop_reason == "patience" and result.epochs == 4
+    assert [r["epoch"] for r in reporter.results] == [1, 2, 3, 4]
+    assert [r.get("stop_reason") for r in reporter.results] == [None, None, None, "patience"]
+    assert result.best_val_loss == losses[0]
+    assert all(later >= losses[0] for later in losses[1:])  # none of the last 3 improved on epoch 1
+
+
+class _ScriptedValLoss(ToyRegression):
+    """Trains as ToyRegression; each validation loss is the next of ``val_losses`` (the first is
+    the untrained model's). Validation runs without gradients, training batches with them."""
+
+    def __init__(self, val_losses: list[float]) -> None:
+        super().__init__()
+        self.val_losses = list(val_losses)
+
+    def loss(self, output, target) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().loss(output, target)
+        return torch.tensor(self.val_losses.pop(0))
+
+
+def test_patience_counts_epochs_that_miss_the_best_by_min_delta() -> None:
+    """An epoch improves only if its val_loss is below the best so far minus ``min_delta``; training
+    stops once ``patience`` epochs in a row did not improve."""
+    patience, min_delta = 3, 0.05
+    # untrained, then epochs 1..: 1, 2 and 4 improve; 3 and 5 are lower than the best, by less than
+    # min_delta, so they count as bad epochs; 4 resets the count; 5, 6, 7 exhaust the patience.
+    script = [1.0, 0.90, 0.80, 0.76, 0.70, 0.66, 0.72, 0.651] + [0.1] * 10
+    experiment = _ScriptedValLoss(script)
+    settings = TrainSettings(max_epochs=15, patience=patience, min_delta=min_delta, divergence_factor=1e9)
+    reporter = ListReporter()
+    result = fit(experiment, experiment.load_data(seed=0), {"lr": 0.01}, settings, reporter)
+    losses = [r["val_loss"] for r in reporter.results]
+    assert result.stop_reason == "patience" and result.epochs == 7
+    assert losses == pytest.approx(script[1:8])
+    assert [r.get("stop_reason") for r in reporter.results] == [None] * 6 + ["patience"]
+    best_epoch = 4  # the last improvement; epoch 5's 0.66 is the lowest value, but not by min_delta
+    assert result.best_val_loss == pytest.approx(losses[best_epoch - 1])
+    assert result.epochs - best_epoch == patience
+    assert all(not later < result.best_val_loss - min_delta for later in losses[best_epoch:])
 
 
 class _EveryEpoch(ListReporter):
