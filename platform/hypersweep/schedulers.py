@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -125,9 +125,10 @@ class _Journal:
         return {"path": self.path, "applied": self.applied, "_file": None}
 
 
-class _Durable:
+class _Durable(TrialScheduler):
     """What both durable schedulers share: the journal, the replay and the clean-up after it."""
 
+    _metric: str | None  # Ray's, set from Tune's config
     _journal: _Journal
     _restored: bool  # unpickled: the journal's later events are not in the state yet
     _readded: set[str]  # trials Tune added again since the restore
@@ -157,6 +158,24 @@ class _Durable:
             self._apply(event)
         self._readded = set()
         self._pending_cleanup = True
+
+    def _ready(self) -> None:
+        """Before any decision: the journal replayed, then the trials Tune lost forgotten."""
+        self._catch_up()
+        self._clean_up()
+
+    def _judge(self, trial: Any, result: dict[str, Any], decide: Callable[[dict[str, Any]], str]) -> str:
+        """Ray's decision (``decide``) on what it reads of ``result``, which is journaled."""
+        self._ready()
+        seen = _result(result, self._metric or "")
+        action = str(decide(seen or result))
+        if seen is not None:
+            self._note("result", trial, result=seen)
+        return action
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        self._ready()
+        return super().choose_trial_to_run(tune_controller)
 
     def _clean_up(self) -> None:
         """After Tune re-added its trials: forget the journal's trials it will never run again."""
@@ -205,19 +224,14 @@ class DurableASHA(_Durable, AsyncHyperBandScheduler):
         self._note("add", trial, bracket=self._brackets.index(self._trial_info[tid]))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        self._catch_up()
-        self._clean_up()
+        self._ready()
         if trial.trial_id in self._stopped:
             return TrialScheduler.STOP
-        seen = _result(result, self._metric or "")
-        action = str(super().on_trial_result(tune_controller, trial, seen or result))
-        if seen is not None:
-            self._note("result", trial, result=seen)
-        return action
+        rule = super().on_trial_result
+        return self._judge(trial, result, lambda seen: rule(tune_controller, trial, seen))
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        self._catch_up()
-        self._clean_up()
+        self._ready()
         if trial.trial_id not in self._trial_info:
             return  # restored finished, its end replayed already
         seen = _result(result, self._metric or "")
@@ -226,15 +240,9 @@ class DurableASHA(_Durable, AsyncHyperBandScheduler):
         self._note("complete", trial, result=seen or {})
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._catch_up()
-        self._clean_up()
+        self._ready()
         self._trial_info.pop(trial.trial_id, None)
         self._note("complete", trial)
-
-    def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        self._catch_up()
-        self._clean_up()
-        return super().choose_trial_to_run(tune_controller)
 
     def _apply(self, event: dict[str, Any]) -> None:
         tid, kind = str(event["trial"]), event["event"]
@@ -291,28 +299,17 @@ class DurableMedianRule(_Durable, MedianStoppingRule):
         super().on_trial_add(tune_controller, self._one(trial))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        self._catch_up()
-        self._clean_up()
-        seen = _result(result, self._metric or "")
-        action = str(super().on_trial_result(tune_controller, self._one(trial), seen or result))
-        if seen is not None:
-            self._note("result", trial, result=seen)
-        return action
+        rule = super().on_trial_result
+        return self._judge(trial, result, lambda seen: rule(tune_controller, self._one(trial), seen))
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        self._catch_up()
-        self._clean_up()
+        self._ready()
         if trial.trial_id in self._finished:
             return  # restored finished, its end replayed already
         seen = _result(result, self._metric or "")
         if seen is not None:
             super().on_trial_complete(tune_controller, self._one(trial), seen)
         self._note("complete", trial, result=seen or {})
-
-    def choose_trial_to_run(self, tune_controller: Any) -> Any:
-        self._catch_up()
-        self._clean_up()
-        return super().choose_trial_to_run(tune_controller)
 
     def _apply(self, event: dict[str, Any]) -> None:
         trial = self._one(_Seen(str(event["trial"])))
