@@ -23,8 +23,12 @@ from tests.mlflow_store import read_sweep
 NAME = "chaos"
 
 
-def chaos_sweep(folder: Path, *, samples: int, epochs: int, **fixed: object) -> Path:
-    """A sweep of tests.chaos:ChaosToy; ``fixed`` holds its fault settings."""
+def chaos_sweep(
+    folder: Path, *, samples: int, epochs: int, every_epoch: bool = True, **fixed: object
+) -> Path:
+    """A sweep of tests.chaos:ChaosToy; ``fixed`` holds its fault settings. ``every_epoch``: each
+    epoch reports and checkpoints; otherwise the shipped defaults (batched reports, a checkpoint
+    at most every 10 s)."""
     faults = folder / "faults"
     faults.mkdir(exist_ok=True)
     items = {"fault_dir": str(faults), "batch_size": 64, **fixed}
@@ -36,8 +40,12 @@ def chaos_sweep(folder: Path, *, samples: int, epochs: int, **fixed: object) -> 
         "scheduler: {type: fifo}\n"
         # Every epoch reports and checkpoints: the tests count evaluations to tell a resume from a
         # checkpoint from a restart at epoch 0.
-        "training: {patience: null, report_every_s: 0, checkpoint_every_s: 0}\n"
-        "resources: {cpus_per_trial: 1, max_concurrent: 2}\n"
+        + (
+            "training: {patience: null, report_every_s: 0, checkpoint_every_s: 0}\n"
+            if every_epoch
+            else "training: {patience: null}\n"
+        )
+        + "resources: {cpus_per_trial: 1, max_concurrent: 2}\n"
     )
     path = folder / "chaos.yaml"
     path.write_text(text)
