@@ -140,7 +140,7 @@ def test_ui_refuses_a_bad_port_a_taken_port_and_a_missing_store(tmp_path: Path, 
 @pytest.mark.parametrize(
     ("value", "why"),
     [
-        ("fixed.activation=swish", "ValueError: unknown activation 'swish'"),
+        ("fixed.activation=swish", "ValueError: activation: 'swish' is not one of relu, tanh"),
         ("search_space.beta1.high=1.5", "beta1=1.5, dropout=0.5, batch_size=128: ValueError: Invalid beta"),
         ("fixed.weight_decay=-1", "ValueError: Invalid weight_decay value: -1"),
         ("fixed.hidden_sizes=32", "TypeError: 'int' object is not iterable"),

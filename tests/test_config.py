@@ -63,6 +63,39 @@ def test_misspelled_key_names_file_key_and_suggestion(write_sweep) -> None:
     assert err.line().startswith("error: ") and "\n" not in err.line()
 
 
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        (
+            "scheduler: {type: ashaa}",
+            "scheduler.type",
+            "'ashaa' is not one of asha, hyperband, median, fifo (did you mean 'asha'?)",
+        ),
+        (
+            "search: {type: optna}",
+            "search.type",
+            "'optna' is not one of optuna, random (did you mean 'optuna'?)",
+        ),
+        ("mode: mx", "mode", "'mx' is not one of min, max (did you mean 'max'?)"),
+        ("mode: lowest", "mode", "'lowest' is not one of min, max"),
+    ],
+)
+def test_a_misspelled_value_of_a_closed_set_is_named_with_a_suggestion(
+    write_sweep, line, key, message
+) -> None:
+    err = _error(write_sweep, MINIMAL + line + "\n")
+    assert (err.key, err.message) == (key, message)
+
+
+def test_a_misspelled_distribution_type_is_named_with_a_suggestion(write_sweep) -> None:
+    err = _error(write_sweep, MINIMAL.replace("type: loguniform", "type: loguniferm"))
+    assert err.key == "search_space.lr.type"
+    assert (
+        err.message
+        == "'loguniferm' is not one of loguniform, uniform, int, choice (did you mean 'loguniform'?)"
+    )
+
+
 def test_misspelled_nested_key_suggests_within_its_section(write_sweep) -> None:
     err = _error(write_sweep, MINIMAL + "scheduler: {grace_periods: 2}\n")
     assert err.key == "scheduler.grace_periods"

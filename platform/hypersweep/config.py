@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hypersweep.errors import ConfigError, did_you_mean, first_error
+from hypersweep.errors import ConfigError, did_you_mean, first_error, not_one_of
 from hypersweep.search_space import (
     Choice,
     IntParam,
@@ -329,6 +330,9 @@ def _to_config_error(exc: ValidationError, source: str) -> ConfigError:
         return ConfigError(source, key, f"unknown key{did_you_mean(loc[-1], _fields_at(loc))}")
     if err["type"] == "missing":
         return ConfigError(source, key, "missing required key")
+    if err["type"] in ("literal_error", "enum"):  # a closed set: name the value, suggest one
+        allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        return ConfigError(source, key, not_one_of(err["input"], allowed))
     return ConfigError(source, key, err["msg"].removeprefix("Value error, "))
 
 

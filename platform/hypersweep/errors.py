@@ -41,6 +41,13 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def not_one_of(value: object, options: Iterable[str]) -> str:
+    """The answer for every closed set of names (a scheduler, a search, a mode, a distribution, an
+    optimizer, an activation): what was written, what is allowed, the closest allowed name."""
+    names = list(options)
+    return f"'{value}' is not one of {', '.join(names)}{did_you_mean(str(value), names)}"
+
+
 def folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot be made or written in by this process, or None if it can: its
     nearest existing ancestor must be a folder, and a writable one."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from hypersweep.errors import not_one_of
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -23,7 +25,7 @@ def activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name.lower()]()
     except KeyError:
-        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}") from None
+        raise ValueError(f"activation: {not_one_of(name, ACTIVATIONS)}") from None
 
 
 def mlp(

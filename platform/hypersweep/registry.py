@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import torch
 
-from hypersweep.errors import ConfigError, did_you_mean, first_line
+from hypersweep.errors import ConfigError, first_line, not_one_of
 from hypersweep.experiment import Data, Experiment
 from hypersweep.trainer import OPTIMIZERS, TRAINER_DEFAULTS, make_optimizer
 
@@ -162,5 +162,4 @@ def _check_optimizers(spec: SweepSpec) -> None:
     names = entry.values if isinstance(entry, Choice) else [entry] if entry is not None else []
     for name in names:
         if str(name).lower() not in OPTIMIZERS:
-            hint = did_you_mean(str(name), OPTIMIZERS)
-            raise ConfigError(str(spec.source), "optimizer", f"unknown optimizer '{name}'{hint}")
+            raise ConfigError(str(spec.source), "optimizer", not_one_of(name, OPTIMIZERS))

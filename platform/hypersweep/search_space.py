@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hypersweep.errors import ConfigError, did_you_mean, first_error
+from hypersweep.errors import ConfigError, did_you_mean, first_error, not_one_of
 
 # Optuna stores categorical choices natively only for these types; others are encoded as labels.
 _NATIVE = (type(None), bool, int, float, str)
@@ -208,8 +208,7 @@ def _parse_entry(raw: Mapping[str, Any], source: str, key: str) -> Distribution:
     kind = raw["type"]
     model = _TYPES.get(kind) if isinstance(kind, str) else None
     if model is None:
-        hint = did_you_mean(str(kind), _TYPES)
-        raise ConfigError(source, f"{key}.type", f"unknown distribution '{kind}'{hint}")
+        raise ConfigError(source, f"{key}.type", not_one_of(kind, _TYPES))
     try:
         return model.model_validate(dict(raw))
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from hypersweep.errors import not_one_of
 from hypersweep.experiment import Data, Experiment, Output, Split
 
 StopReason = Literal["completed", "patience", "diverged"]
@@ -82,7 +83,7 @@ def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.O
     name = str(config.get("optimizer", TRAINER_DEFAULTS["optimizer"])).lower()
     factory = OPTIMIZERS.get(name)
     if factory is None:
-        raise ValueError(f"unknown optimizer '{name}'; known: {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"optimizer: {not_one_of(name, OPTIMIZERS)}")
     lr = float(config.get("lr", TRAINER_DEFAULTS["lr"]))
     return factory(model.parameters(), config, lr, float(config.get("weight_decay", 0.0)))
 
