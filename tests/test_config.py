@@ -219,3 +219,31 @@ def test_resolved_inlines_the_search_space() -> None:
 def test_set_can_edit_a_search_space_that_lives_in_its_own_file() -> None:
     spec = load_sweep(DEFAULT_SWEEP, ["search_space.lr.high=0.1"])
     assert spec.search_space.as_dict()["lr"] == {"type": "loguniform", "low": 1e-4, "high": 0.1}
+
+
+def test_a_sweep_shortened_on_the_command_line_brings_its_grace_period_within(write_sweep) -> None:
+    path = write_sweep(MINIMAL + "max_epochs: 20\nscheduler: {type: asha, grace_period: 3}\n")
+    notes: list[str] = []
+    spec = load_sweep(path, values={"max_epochs": 2}, notes=notes)
+    assert (spec.max_epochs, spec.scheduler.grace_period) == (2, 2)
+    assert notes == ["scheduler.grace_period 3 -> 2: the sweep's max_epochs is 2"]
+    assert load_sweep(path, ["max_epochs=2"], notes=[]).scheduler.grace_period == 2  # --set too
+
+
+def test_a_contradiction_written_in_the_file_or_on_the_command_line_stays_an_error(write_sweep) -> None:
+    err = _error(write_sweep, MINIMAL + "max_epochs: 2\nscheduler: {type: asha, grace_period: 3}\n")
+    assert (err.key, err.message) == ("scheduler.grace_period", "3 exceeds max_epochs (2)")
+    path = write_sweep(MINIMAL + "max_epochs: 20\n")
+    with pytest.raises(ConfigError, match="3 exceeds max_epochs"):
+        load_sweep(path, ["scheduler.grace_period=3"], values={"max_epochs": 2})
+
+
+def test_a_shortened_hyperband_keeps_the_brackets_that_fit(write_sweep) -> None:
+    text = (
+        MINIMAL
+        + "max_epochs: 27\nscheduler: {type: hyperband, grace_period: 1, reduction_factor: 3, brackets: 3}\n"
+    )
+    notes: list[str] = []
+    spec = load_sweep(write_sweep(text), values={"max_epochs": 3}, notes=notes)
+    assert spec.scheduler.brackets == len(spec.scheduler.rungs(3)) == 2
+    assert notes == ["scheduler.brackets 3 -> 2: more do not fit in max_epochs 3"]

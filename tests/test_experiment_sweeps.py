@@ -14,19 +14,16 @@ from PIL import Image
 
 from hypersweep.config import load_sweep
 from hypersweep.trainer import TRAINER_DEFAULTS, _evaluate
-from tests.conftest import DEFAULT_SWEEP, ROOT, fifo_sweep, hypersweep
-from tests.experiments_index import ALL_SWEEPS, EXPERIMENT_SWEEPS, load, sweep_id
+from tests.conftest import ROOT, fifo_sweep, hypersweep
+from tests.experiments_index import ALL_SWEEPS, load, sweep_id
 from tests.mlflow_store import StoredSweep, read_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 DIABETES = ROOT / "experiments" / "diabetes_mlp.yaml"
-# The default sweep (breast cancer) has its own, fuller end-to-end tests in test_sweep.py; the
-# diabetes sweep is the divergence-and-patience sweep below (one Ray start-up less).
-TINY = [p for p in EXPERIMENT_SWEEPS if p not in (DEFAULT_SWEEP, DIABETES)]
 FINISHED = {"completed", "early_stopped"}
 
 
-def run_tiny(path: Path, tmp_path: Path, *extra: str) -> tuple[StoredSweep, str]:
+def run_tiny(path: Path, tmp_path: Path, *extra: str) -> tuple[StoredSweep, str, str]:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = hypersweep(
         "run",
@@ -39,18 +36,18 @@ def run_tiny(path: Path, tmp_path: Path, *extra: str) -> tuple[StoredSweep, str]
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    return read_sweep(uri, load_sweep(path).name), result.stdout
+    return read_sweep(uri, load_sweep(path).name), result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("path", TINY, ids=sweep_id)
-def test_each_experiment_runs_as_a_tiny_sweep(path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ALL_SWEEPS, ids=sweep_id)
+def test_each_sweep_file_runs_as_a_smoke_test(path: Path, tmp_path: Path) -> None:
+    """`hypersweep run FILE --num-samples 2 --max-epochs 2` just runs, for every shipped file and
+    the example: a grace period longer than the shortened sweep is brought within it, with a note."""
     spec = load_sweep(path)
-    extra = ["--num-samples", "2", "--max-epochs", "2", "--set", "scheduler.grace_period=1"]
-    if path.stem == "digits_vae":
-        # Every finished trial must leave its samples: no ASHA stops, no divergent rates.
-        extra += ["--scheduler", "fifo", "--set", "search_space.lr.high=0.01"]
-    stored, _ = run_tiny(path, tmp_path, *extra)
+    stored, _, err = run_tiny(path, tmp_path, "--num-samples", "2", "--max-epochs", "2")
     check_nested_runs(stored, spec.metric, trials=2)
+    clamped = spec.scheduler.grace_period > 2
+    assert (f"note: scheduler.grace_period {spec.scheduler.grace_period} -> 2" in err) == clamped, err
     if path.stem == "digits_vae":
         check_vae_samples(stored, tmp_path)
 
@@ -87,7 +84,7 @@ def test_huge_learning_rates_diverge_at_once_and_patience_stops_the_rest(tmp_pat
     # Any optimizer at lr 1e5 explodes in its first batches; at 1e-2 it learns. A min_delta no
     # epoch can beat makes every learning trial stop by patience after its second epoch.
     # Seed 2: the seeded random sampler draws 1e5, 1e-2, 1e-2, 1e5 (seed 0 draws 1e-2 only).
-    stored, stdout = run_tiny(
+    stored, stdout, _ = run_tiny(
         DIABETES,
         tmp_path,
         *("--num-samples", "4", "--max-epochs", "5", "--scheduler", "fifo", "--search", "random"),

@@ -113,7 +113,11 @@ def _read(sweep_file: str, overrides: Sequence[str], flags: dict[str, Any]) -> A
         if value is not None:
             shown = "" if value is True else f" {value:g}" if isinstance(value, float) else f" {value}"
             _given[key] = f"--{name.replace('_', '-')}{shown}"
-    return load_sweep(sweep_file, overrides, values)
+    notes: list[str] = []
+    spec = load_sweep(sweep_file, overrides, values, notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return spec
 
 
 def _origin(key: str) -> str:

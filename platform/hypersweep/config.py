@@ -207,10 +207,14 @@ class _KeyedError(ValueError):
 
 
 def load_sweep(
-    path: str | Path, overrides: Sequence[str] = (), values: Mapping[str, Any] | None = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> SweepSpec:
     """Load a sweep file, apply ``--set key.path=value`` overrides, then ``values`` (CLI flags,
-    dotted keys, already typed), and validate."""
+    dotted keys, already typed), and validate. ``notes`` receives one line per setting adapted to
+    a sweep the command line shortened (see ``_fit_shortened``)."""
     file = Path(path)
     source = str(path)
     raw = _read_yaml(file, source)
@@ -224,7 +228,42 @@ def load_sweep(
     for key, value in (values or {}).items():
         if value is not None:
             set_path(data, key, value, source="command line")
+    given = {item.partition("=")[0].strip() for item in overrides}
+    given |= {key for key, value in (values or {}).items() if value is not None}
+    adapted = _fit_shortened(data, given)
+    if notes is not None:
+        notes.extend(adapted)
     return build_spec(data, file)
+
+
+def _fit_shortened(data: dict[str, Any], given: set[str]) -> list[str]:
+    """A sweep shortened from the command line (``--max-epochs 2``) means a shorter sweep: the
+    file's scheduler settings that no longer fit in it (a grace period, Hyperband's brackets) are
+    brought within it, each with a line saying so. What the file itself contradicts, and what
+    the command line set too, stays an error."""
+    scheduler = data.get("scheduler")
+    epochs = data.get("max_epochs")
+    if "max_epochs" not in given or not isinstance(scheduler, dict) or not isinstance(epochs, int):
+        return []
+    notes = []
+    grace = scheduler.get("grace_period")
+    if "scheduler.grace_period" not in given and isinstance(grace, int) and 1 <= epochs < grace:
+        scheduler["grace_period"] = epochs
+        notes.append(f"scheduler.grace_period {grace} -> {epochs}: the sweep's max_epochs is {epochs}")
+    brackets = scheduler.get("brackets")
+    if (
+        scheduler.get("type") == "hyperband"
+        and "scheduler.brackets" not in given
+        and isinstance(brackets, int)
+    ):
+        try:
+            fits = len(SchedulerSpec.model_validate(scheduler).rungs(epochs))
+        except ValidationError:
+            return notes  # the section's own error is reported by the validation
+        if 1 <= fits < brackets:
+            scheduler["brackets"] = fits
+            notes.append(f"scheduler.brackets {brackets} -> {fits}: more do not fit in max_epochs {epochs}")
+    return notes
 
 
 def import_roots(sweep_file: Path) -> list[str]:
