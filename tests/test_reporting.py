@@ -415,6 +415,27 @@ def test_the_live_view_sees_the_best_epoch_of_a_batch() -> None:
     assert progress.best == (0.1, "a")  # the report's own value (0.3) is not its best epoch
 
 
+@pytest.mark.parametrize("order", [("b", "a"), ("a", "b")])
+def test_on_a_tie_the_live_view_and_the_summary_name_the_same_best_trial(tmp_path, order) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hypersweep.console import Progress
+    from hypersweep.tracking import SweepRecorder
+
+    progress = Progress(total=2, metric="val_loss", mode="min", console=Console(file=StringIO()))
+    recorder = SweepRecorder(tracking_uri=f"sqlite:///{tmp_path}/m.db", metric="val_loss", mode="min")
+    recorder.start_sweep(name="tie", sweep_id="tie-1", settings={})
+    for trial_id in order:  # both reach 0.25, in either order
+        result = {"epoch": 1, "val_loss": 0.25}
+        recorder.trial_started(trial_id, {"lr": 0.1})
+        recorder.trial_result(trial_id, result)
+        progress.trial_result(trial_id, result)
+    best = recorder.best_trial()
+    assert best is not None and progress.best == (0.25, best.trial_id) == (0.25, "a")
+
+
 def test_local_trial_actors_inherit_the_environment_instead_of_carrying_one() -> None:
     """Ray gives an actor with a runtime env of its own a fresh worker (seconds of imports); the
     prestarted, preloaded workers have none. Tune's defaults go to the workers' environment."""

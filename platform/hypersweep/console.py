@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from hypersweep import scoring
+
 
 class Progress:
     """Counts trials by state and keeps the best value; one status line on a terminal.
@@ -54,7 +56,7 @@ class Progress:
             value = epoch.get(self.metric)
             if epoch.get("stop_reason") == "diverged" or not isinstance(value, int | float):
                 continue
-            if math.isfinite(value) and self._better(float(value)):
+            if math.isfinite(value) and self._better(float(value), trial_id):
                 self.best = (float(value), trial_id)
         self._refresh()
 
@@ -70,10 +72,10 @@ class Progress:
         where = "its last checkpoint" if checkpointed else "the start (no checkpoint yet)"
         self.console.print(f"{trial_id}: {error}; retrying from {where}")
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float, trial_id: str) -> bool:
         if self.best is None:
             return True
-        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+        return scoring.rank(value, trial_id, self.mode) < scoring.rank(*self.best, self.mode)
 
     def _refresh(self) -> None:
         if self._live is not None:

@@ -39,3 +39,9 @@ def worst(mode: str) -> float:
 def or_worst(result: float, mode: str) -> float:
     """``result``, or the worst value when there is none yet: what Tune's scheduler compares."""
     return result if math.isfinite(result) else worst(mode)
+
+
+def rank(result: float, trial_id: str, mode: str) -> tuple[float, str]:
+    """The order of trials, best first: by result, then (a tie) by trial id, so that every view
+    (the live line, the summary, MLflow's best-trial tag) names the same best trial."""
+    return (result if mode == "min" else -result, trial_id)

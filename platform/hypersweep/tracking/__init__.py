@@ -433,8 +433,9 @@ class SweepRecorder:
         return trials + len(self._parent_due)
 
     def best_trial(self) -> BestTrial | None:
-        sign = 1.0 if self.mode == "min" else -1.0
-        scored = [(sign * t.best, tid) for tid, t in self._trials.items() if math.isfinite(t.best)]
+        scored = [
+            scoring.rank(t.best, tid, self.mode) for tid, t in self._trials.items() if math.isfinite(t.best)
+        ]
         if not scored:
             return None
         _, tid = min(scored)
