@@ -94,6 +94,7 @@ def test_trial_failing_every_attempt_is_failed_and_the_sweep_exits_1(tmp_path: P
         assert "injected fault" in child.data.tags["hypersweep.error"]
     assert stored.parent.info.status == "FAILED"
     assert "Traceback" not in err and "no trial finished" in out
+    assert "Trials did not complete" not in out + err  # Tune's line is in its log file only
     # It failed in its first epoch, before any checkpoint: the retry starts over, and says so.
     again = (
         "failure 1 (RuntimeError: injected fault in attempt 1); retrying from the start (no checkpoint yet)"
@@ -152,6 +153,7 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
         assert f"hypersweep resume {folder}" in err.splitlines()[-1]
         interrupted = counts(uri)
         assert interrupted.running == 0  # parent and unfinished children are KILLED, not RUNNING
+        assert interrupted.statuses["interrupted"] >= 1 and "running" not in interrupted.statuses
         ref, resume_args = folder.name, ("--storage", storage)
     rc, out, err = _wait(cli("resume", ref, *resume_args, cwd=cwd, env=env))
     assert rc == 0, out + err

@@ -348,13 +348,15 @@ class SweepRecorder:
         return experiment_id
 
     def suspend(self) -> None:
-        """An interrupted sweep: runs still training and the parent become KILLED until resumed."""
+        """An interrupted sweep: runs still training and the parent become KILLED, and the trials'
+        ``hypersweep.status`` ``interrupted``, until resumed."""
         self.flush(force=True)
         for run in self._trials.values():
             run.reopen = not run.run_status  # the next flush (after resume) makes it RUNNING again
         try:
             for run in self._trials.values():
                 if run.reopen and run.run_id:
+                    self.client.set_tag(run.run_id, STATUS, "interrupted")
                     self.client.set_terminated(run.run_id, status="KILLED")
             self.client.set_terminated(self.parent_run_id, status="KILLED")
         except _TRACKING_ERRORS as exc:
@@ -651,6 +653,7 @@ class SweepRecorder:
         self._ensure_run(trial_id, run)
         if run.reopen and not run.run_status:
             self.client.update_run(run.run_id, status="RUNNING")
+            self.client.set_tag(run.run_id, STATUS, "running")
             run.reopen = False
         params = [] if run.params_sent else _trial_params(run.config)
         if len(params) > _MAX_PARAMS_PER_BATCH:
