@@ -153,7 +153,9 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
         assert f"hypersweep resume {folder}" in err.splitlines()[-1]
         interrupted = counts(uri)
         assert interrupted.running == 0  # parent and unfinished children are KILLED, not RUNNING
-        assert interrupted.statuses["interrupted"] >= 1 and "running" not in interrupted.statuses
+        assert "running" not in interrupted.statuses
+        killed = [c for c in read_sweep(uri, NAME).children if c.info.status == "KILLED"]
+        assert all(c.data.tags["hypersweep.status"] == "interrupted" for c in killed)
         ref, resume_args = folder.name, ("--storage", storage)
     rc, out, err = _wait(cli("resume", ref, *resume_args, cwd=cwd, env=env))
     assert rc == 0, out + err
