@@ -42,6 +42,7 @@ from hypersweep.manifest import (
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
+from hypersweep.run_names import RunNames
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
@@ -320,6 +321,7 @@ class _Sweep:
             mode=self.spec.mode,
             state_file=state,
             client=self.tracking_client,
+            names=RunNames.of_sweep(self.spec.search_space.swept, self.spec.num_samples),
         )
 
     def run(self, progress: Progress | None) -> SweepOutcome:
