@@ -385,7 +385,8 @@ class SweepRecorder:
                 due["best_model"] = str(self._keep(best_weights, "best_model"))
         self._parent_due = due
         self.drain(FINAL_WAIT_SECONDS)
-        return best
+        # Again: the best trial's run may have been made by this drain (its id, for the summary).
+        return self.best_trial() if best is not None else None
 
     def _send_parent(self) -> None:
         """The parent run's last writes, in order, each forgotten once MLflow has it."""
