@@ -68,6 +68,7 @@ for _name in ("mlflow.store.db.utils", "alembic"):
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
+WARM_START_TAG = "hypersweep.warm_start"  # on a parent run: the sweeps whose trials seeded it
 DROPPED = "hypersweep.dropped"  # on a run: the writes MLflow refused, one per line
 # On a run a new trial took over from one lost in a driver crash: the lost trial's id.
 EARLIER_TRIAL_ID = "hypersweep.earlier_trial_id"
@@ -282,13 +283,16 @@ class SweepRecorder:
             self.flush()
 
     # -- the sweep -------------------------------------------------------------------------
-    def start_sweep(self, *, name: str, sweep_id: str, settings: Mapping[str, Any]) -> str:
-        """Create (or reuse) the experiment and the parent run; returns the parent run id."""
+    def start_sweep(
+        self, *, name: str, sweep_id: str, settings: Mapping[str, Any], tags: Mapping[str, str] = {}
+    ) -> str:
+        """Create (or reuse) the experiment and the parent run (with ``tags`` besides its own);
+        returns the parent run id."""
         self.experiment_id = self._experiment(name)
         run = self.client.create_run(
             self.experiment_id,
             run_name=sweep_id,
-            tags={ROLE: "sweep", SWEEP_ID: sweep_id},
+            tags={**tags, ROLE: "sweep", SWEEP_ID: sweep_id},
         )
         self.parent_run_id = run.info.run_id
         self._save()
