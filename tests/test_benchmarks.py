@@ -173,3 +173,48 @@ def test_search_benchmark_runs_on_a_committed_table(tmp_path: Path) -> None:
     assert (tmp_path / "search.png").stat().st_size > 10_000 and "| random + FIFO |" in (
         tmp_path / "search.md"
     ).read_text()
+
+
+def test_the_follow_up_is_narrowed_around_the_best_quarter_of_the_first_sweep() -> None:
+    from benchmarks.warm_start import narrowed
+    from optuna.trial import TrialState
+
+    from hypersweep.search_space import parse_search_space
+    from hypersweep.warm_start import Earlier
+
+    space = parse_search_space(
+        {
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 1.0},
+            "optimizer": {"type": "choice", "values": ["sgd", "momentum", "adam"]},
+            "momentum": {"type": "uniform", "low": 0.5, "high": 0.99, "when": {"optimizer": "momentum"}},
+            "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        },
+        "space",
+    )
+
+    def trial(value: float, lr: float, optimizer: str) -> Earlier:
+        params = {"lr": lr, "optimizer": optimizer, "dropout": 0.2, "momentum": 0.9}
+        return Earlier("a", "t", params, TrialState.COMPLETE, value, {})
+
+    best = [
+        trial(0.1, 0.01, "adam"),
+        trial(0.2, 0.02, "adam"),
+        trial(0.3, 0.015, "sgd"),
+        trial(0.3, 0.01, "sgd"),
+    ]
+    worse = [trial(1.0 + i, 0.5, "momentum") for i in range(12)]
+    cut = narrowed(space, best + worse, "min").as_dict()
+    assert cut["lr"] == {"type": "loguniform", "low": 0.005, "high": 0.04}
+    assert cut["optimizer"]["values"] == ["sgd", "adam"]
+    assert "momentum" not in cut  # only the momentum optimizer used it, and it is gone
+    assert cut["dropout"] == {"type": "uniform", "low": 0.15000000000000002, "high": 0.25}
+
+
+def test_the_warm_start_benchmark_runs(tmp_path: Path) -> None:
+    from benchmarks.warm_start import main
+
+    args = ["--tables", "breast_cancer_mlp", "--seeds", "2", "--first", "16", "--follow-up", "8"]
+    main([*args, "--out", str(tmp_path)])
+    runs = json.loads((tmp_path / "warm_start.json").read_text())["runs"]
+    assert len(runs) == 2 and all(r["seeded"] > 0 and r["b_configurations"] > 0 for r in runs)
+    assert "| breast_cancer_mlp |" in (tmp_path / "warm_start.md").read_text()

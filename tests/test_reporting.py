@@ -278,6 +278,21 @@ def test_a_trial_that_ended_before_its_run_was_made_gets_its_tags_at_creation(tm
     }
 
 
+def test_the_best_trial_named_at_the_end_has_its_run_made_by_the_last_flush(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/x.db"
+    client = _Outage(uri)
+    recorder = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", client=client)
+    recorder.start_sweep(name="late", sweep_id="l-1", settings={})
+    client.down = True  # the writer has not made the run before the trial ends
+    recorder.trial_started("t1", {"lr": 0.1})
+    recorder.trial_result("t1", {"epoch": 1, "val_loss": 0.5})
+    recorder.trial_finished("t1", status="completed", stop_reason="completed")
+    client.down = False
+    best = recorder.finish_sweep(best_weights=None, failed=False)
+    (child,) = read_sweep(uri, "late").children
+    assert best is not None and best.run_id == child.info.run_id
+
+
 def test_a_run_made_late_keeps_the_trials_own_times(tmp_path: Path) -> None:
     """Runs are made by the writer, often after a short trial ended: its Duration column and its
     metrics' time axis must still show when the trial and each epoch ran."""

@@ -1,4 +1,5 @@
-"""The MLflow UI, opened with `hypersweep ui`, shows a sweep with its nested trials (real Chromium)."""
+"""The MLflow UI, opened with `hypersweep ui`, shows a sweep with its nested trials under their
+readable names (real Chromium)."""
 
 from __future__ import annotations
 
@@ -67,12 +68,20 @@ def ui_server(swept: tuple[Path, str]) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def test_ui_shows_the_sweep_with_nested_trials(swept, ui_server: str, tmp_path: Path) -> None:
+def test_ui_shows_the_sweep_with_its_trials_nested_under_readable_names(
+    swept, ui_server: str, tmp_path: Path
+) -> None:
     cwd, uri = swept
     os.chdir(cwd)  # the default store is relative to the working directory
     stored = read_sweep(uri, "breast-cancer-mlp")
     sweep_name = stored.parent.info.run_name
     trial_names = [c.info.run_name for c in stored.children]
+    # Readable names: the trial's number, then its swept values (the trial id stays a tag).
+    for child in stored.children:
+        name, params = child.info.run_name, child.data.params
+        assert params["optimizer"] in name.split() and f"lr={float(params['lr']):.2g}" in name, name
+        assert stored.tag(child, "trial_id") not in name, name
+    assert sorted(name.split()[0] for name in trial_names) == ["01", "02", "03"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
         try:

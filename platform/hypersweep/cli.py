@@ -283,10 +283,13 @@ def validate(sweep_file: str, overrides: tuple[str, ...], address: str | None, *
     from hypersweep.manifest import check_storage_path
     from hypersweep.registry import load_sweep_data
     from hypersweep.tracking import check_tracking_uri, resolve_tracking_uri
+    from hypersweep.warm_start import validate as check_warm_start
 
     spec = _load(sweep_file, overrides, flags)
     source = str(spec.source)
-    check_tracking_uri(resolve_tracking_uri(spec.tracking_uri), source=source)
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    check_tracking_uri(uri, source=source)
+    warm = check_warm_start(spec, tracking_uri=uri)
     check_storage_path(spec.storage, source=source)
     load_sweep_data(spec, import_roots(spec.source))  # the data loads, the model builds
     info = cluster.probe(address)
@@ -297,7 +300,7 @@ def validate(sweep_file: str, overrides: tuple[str, ...], address: str | None, *
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
         f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}; "
         f"{cluster.concurrency(spec.resources, info)} trial(s) at once on {where} "
-        f"({info.cpus:g} CPU, {info.gpus:g} GPU)"
+        f"({info.cpus:g} CPU, {info.gpus:g} GPU)" + (f"; {warm}" if warm else "")
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hypersweep.errors import ConfigError, did_you_mean, first_error, not_one_of
 from hypersweep.search_space import (
@@ -63,10 +63,19 @@ class SchedulerSpec(_Frozen):
 
 class SearchSpec(_Frozen):
     """optuna = seeded TPE; random = seeded random sampling (same space, same conditions). The seed
-    is the sampler's, and the data's too unless ``training.seed`` sets that apart."""
+    is the sampler's, and the data's too unless ``training.seed`` sets that apart.
+
+    warm_start: earlier sweeps (ids, or names for their latest run) whose trials seed the study
+    before the first trial (``warm_start``); they must have optimised the same metric and mode."""
 
     type: Literal["optuna", "random"] = "optuna"
     seed: Annotated[int, Field(ge=0)] = 0
+    warm_start: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `warm_start: my-sweep` is one sweep
 
 
 class ResourcesSpec(_Frozen):

@@ -68,6 +68,10 @@ class Progress:
             self.console.print(f"[{done}/{self.total}] {trial_id}: {status} after {epochs} epoch(s)")
         self._refresh()
 
+    def note(self, line: str) -> None:
+        """A line of its own above the status line (what the sweep starts with)."""
+        self.console.print(line)
+
     def trial_retried(self, trial_id: str, error: str, *, checkpointed: bool = True) -> None:
         where = "its last checkpoint" if checkpointed else "the start (no checkpoint yet)"
         self.console.print(f"{trial_id}: {error}; retrying from {where}")

@@ -34,7 +34,7 @@ from hypersweep.config import SchedulerSpec
 from hypersweep.errors import ConfigError
 from hypersweep.schedulers import make_scheduler
 from hypersweep.search_space import Choice, IntParam, LogUniform, SearchSpace, Uniform, parse_search_space
-from hypersweep.searcher import make_searcher
+from hypersweep.searcher import StudySearcher, make_searcher
 from hypersweep.trial import HISTORY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per replay: no line for each
@@ -109,6 +109,7 @@ class Setting:
     seed: int = 0
     startup_trials: int = 10  # TPE's random trials first
     group: bool = False  # TPE models a conditional space's branches apart
+    warm: tuple[optuna.trial.FrozenTrial, ...] = ()  # earlier trials the study starts with
 
 
 @dataclass
@@ -119,8 +120,12 @@ class Trace:
     times: list[float] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    trials: list[int] = field(default_factory=list)  # trials started so far
+    curves: list[int] = field(default_factory=list)  # per trial started: the recorded curve it trained
     stopped: int = 0  # trials the scheduler stopped
     guessed: int = 0  # trials that needed epochs a cut curve does not hold: the replay is not exact
+    # What the searcher told its study (a follow-up's warm start); not part of what a replay did.
+    study: optuna.Study | None = field(default=None, compare=False, repr=False)
 
 
 # What a trial's own rules end it with; any other recorded end was the scheduler's (or an error).
@@ -213,6 +218,7 @@ class _Replay:
             startup_trials=setting.startup_trials,
             group=setting.group,
             scheduler=setting.scheduler.type,
+            seeded=setting.warm,
         )
         self.scheduler = make_scheduler(setting.scheduler, max_epochs=table.max_epochs)
         self.scheduler.set_search_properties(table.metric, table.mode)
@@ -229,13 +235,16 @@ class _Replay:
             clock, _, trial = heapq.heappop(self.queue)
             if self._epoch(clock, trial) and self.started < self.setting.num_samples:
                 self._start(clock)
+        if isinstance(self.searcher, StudySearcher):
+            self.trace.study = self.searcher.study
         return self.trace
 
     def _start(self, clock: float) -> None:
         trial_id = f"{self.started:05d}"
         self.started += 1
         config = self.searcher.suggest(trial_id) or {}
-        trial = _SimTrial(trial_id, self.table.curves[self.nearest(config)])
+        self.trace.curves.append(self.nearest(config))
+        trial = _SimTrial(trial_id, self.table.curves[self.trace.curves[-1]])
         self.scheduler.on_trial_add(self.controller, trial)  # type: ignore[arg-type]
         self._schedule(clock + self.table.overhead_s, trial)
 
@@ -308,6 +317,7 @@ class _Replay:
         self.trace.times.append(clock)
         self.trace.epochs.append(self.epochs)
         self.trace.best.append(self.best)
+        self.trace.trials.append(self.started)
 
 
 @dataclass(frozen=True)

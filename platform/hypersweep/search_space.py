@@ -99,6 +99,11 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [name for name, _ in self.entries]
 
+    @property
+    def swept(self) -> list[str]:
+        """The parameters sampled per trial (constants left out)."""
+        return [name for name, entry in self.entries if isinstance(entry, _DISTRIBUTIONS)]
+
     def as_dict(self) -> dict[str, Any]:
         """The space as plain data (what the YAML file said, normalised)."""
         out: dict[str, Any] = {}

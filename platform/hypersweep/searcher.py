@@ -17,10 +17,11 @@ only what the study is told (see ``on_trial_complete``); proposing stays Ray's:
 * a trial that raised is FAIL.
 
 Each Optuna trial carries the user attributes ``trial_id`` (Tune's, as MLflow's
-``hypersweep.trial_id`` tag) and ``stop_reason``. The study lives in the sweep's folder as an
-Optuna journal file, named by the sweep id and written in batches (``study_journal``):
-``optuna-dashboard <folder>/optuna-study.jsonl`` opens it, ``hypersweep resume`` continues it,
-and tests read what the searcher was told.
+``hypersweep.trial_id`` tag) and ``stop_reason``; a trial of an earlier sweep that a warm start
+put in the study carries ``warm_start`` instead (``warm_start``), and is never one of Tune's.
+The study lives in the sweep's folder as an Optuna journal file, named by the sweep id and
+written in batches (``study_journal``): ``optuna-dashboard <folder>/optuna-study.jsonl`` opens
+it, ``hypersweep resume`` continues it, and tests read what the searcher was told.
 
 After a driver crash, Tune restores this searcher as its last snapshot left it, while the study
 goes on to the crash. Trials asked for after that snapshot are unknown to the restored sweep:
@@ -33,7 +34,7 @@ next one proposed, so the sweep trains it again as a new trial (which takes over
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,10 @@ from hypersweep.trial import HISTORY
 
 STUDY_FILE = "optuna-study.jsonl"  # in the sweep's folder
 # The trial's own stop reasons (the trainer's); any other end is the scheduler's decision.
-_SELF_STOPPED = {"completed", "patience"}
+SELF_STOPPED = {"completed", "patience"}
 LOST = "lost"  # a trial a driver crash took before its end (see above)
+# User attribute of a trial an earlier sweep's seeded the study with (``warm_start``): the sweep.
+WARM_START = "warm_start"
 
 
 class StudySearcher(OptunaSearch):
@@ -69,10 +72,12 @@ class StudySearcher(OptunaSearch):
         study_name: str,
         scheduler: str = "scheduler",
         num_samples: int | None = None,
+        seeded: Sequence[optuna.trial.FrozenTrial] = (),
     ) -> None:
         """``study_file``: the journal the study lives in; None keeps it in memory (replays).
         ``scheduler``: the stop reason of a trial the scheduler stopped (its type, as MLflow's).
-        ``num_samples``: the sweep's trials in all, counting those a restored Tune never saw."""
+        ``num_samples``: the sweep's trials in all, counting those a restored Tune never saw.
+        ``seeded``: finished trials of earlier sweeps (``warm_start``), added to a new study."""
         self._journal = BatchedJournalFile(study_file) if study_file else None
         storage = JournalStorage(self._journal) if self._journal is not None else None
         super().__init__(
@@ -85,6 +90,9 @@ class StudySearcher(OptunaSearch):
         self._scheduler = scheduler
         self._num_samples = num_samples
         self._ended_unseen = 0  # trials that ended after Tune's last snapshot (see module)
+        if seeded:
+            self.study.add_trials(seeded)
+            self.flush()
 
     @property
     def study(self) -> optuna.Study:
@@ -145,7 +153,11 @@ class StudySearcher(OptunaSearch):
         would count it as running forever) and its configuration is proposed next."""
         known = {ot_trial.number for ot_trial in self._ot_trials.values()}
         self._ended_unseen = 0
-        unseen = [t for t in self.study.get_trials(deepcopy=False) if t.number not in known]
+        unseen = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.number not in known and WARM_START not in t.user_attrs  # seeded: never Tune's
+        ]
         if unseen:
             # The sampler's random state is the snapshot's: it would propose the unseen trials'
             # configurations again, each trained twice. (Proposals after a resume are therefore
@@ -167,7 +179,7 @@ class StudySearcher(OptunaSearch):
         reason = str((result or {}).get("stop_reason") or "")
         if reason == "diverged":
             return TrialState.COMPLETE, scoring.worst(self._goal_mode), reason
-        if reason in _SELF_STOPPED:
+        if reason in SELF_STOPPED:
             _, so_far = self._progress.get(trial_id, (0, scoring.NONE_YET))
             if not isinstance(result, Mapping) or HISTORY not in result:
                 # A trial that finished before a crash reports only its final result.
@@ -222,11 +234,12 @@ def make_searcher(
     group: bool = False,
     scheduler: str = "scheduler",
     num_samples: int | None = None,
+    seeded: Sequence[optuna.trial.FrozenTrial] = (),
 ) -> OptunaSearch:
     """A seeded searcher: ``search`` optuna (TPE: ``startup_trials`` random ones first; ``group``
     models the branches of a conditional space apart) or random. ``told`` truth:
-    ``StudySearcher``; ray: Ray's ``OptunaSearch`` as it ships (replays compare the two; its study
-    stays in memory)."""
+    ``StudySearcher``, its study holding the ``seeded`` trials first (a warm start); ray: Ray's
+    ``OptunaSearch`` as it ships (replays compare the two; its study stays in memory)."""
     sampler: optuna.samplers.BaseSampler = (
         optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, group=group)
         if search == "optuna"
@@ -243,6 +256,7 @@ def make_searcher(
         study_name=study_name,
         scheduler=scheduler,
         num_samples=num_samples,
+        seeded=seeded,
     )
 
 

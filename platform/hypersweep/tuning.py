@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from hypersweep import cluster, tune_log
+from hypersweep import cluster, tune_log, warm_start
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
 from hypersweep.errors import ConfigError, first_line, note_sweep_folder
@@ -42,9 +42,11 @@ from hypersweep.manifest import (
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
+from hypersweep.run_names import RunNames
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
+    WARM_START_TAG,
     BestTrial,
     SweepRecorder,
     check_tracking_uri,
@@ -56,6 +58,7 @@ from hypersweep.tracking.process import ProcessClient
 from hypersweep.tracking.template import sqlite_path
 from hypersweep.trainer import TrainSettings
 from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
+from hypersweep.warm_start import WarmStart
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -129,7 +132,7 @@ def run_sweep(
         if node is not None:
             node.stop()
         raise
-    with _started(spec, roots, address, uri, tracking_client, node) as ready:
+    with _started(spec, roots, address, uri, tracking_client, node, warm=True) as ready:
         return _Sweep.new(spec, roots, ready.concurrent, address).use(ready).run(progress)
 
 
@@ -173,6 +176,7 @@ class _Ready:
     concurrent: int  # trials at once
     data: Any  # ObjectRef of the sweep's registry.SweepData (its experiment and data)
     client: Any  # the tracking client, its store open (a ProcessClient unless one was given)
+    warm: WarmStart | None = None  # the earlier trials a new sweep's study starts with
 
 
 @contextlib.contextmanager
@@ -183,13 +187,16 @@ def _started(
     uri: str,
     client: Any,
     node: LocalNode | None = None,
+    *,
+    warm: bool = False,
 ) -> Iterator[_Ready]:
     """Ray started (or joined) and checked, the data in its object store, the tracking store open.
 
     Ray takes seconds to start. Locally its node starts in a process of its own (``node``, if
     the caller started it earlier); meanwhile the data loads in a thread and the tracking store
     opens in its own process (``tracking.process``), forked before this process joins Ray. If a
-    check fails, a store made here is removed again: bad input leaves nothing behind.
+    check fails, a store made here is removed again: bad input leaves nothing behind. ``warm``:
+    read the sweep's warm start (a new sweep's) from the store first, before Ray is joined.
     """
     if address is not None:
         cluster.check_address(address)  # an unreachable cluster fails before anything is made
@@ -201,6 +208,7 @@ def _started(
     store = None
     try:
         store = ProcessClient(uri) if client is None else None
+        seeds = _warm_start(spec, uri, client or store) if warm else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
             info = cluster.connect(
@@ -213,7 +221,7 @@ def _started(
             if store is not None:
                 _open_store(store, uri, source)
             concurrent = cluster.concurrency(spec.resources, info)
-            ready = _Ready(concurrent, ray.put(data.result()), client or store)
+            ready = _Ready(concurrent, ray.put(data.result()), client or store, seeds)
         except BaseException:
             cluster.shutdown()
             raise
@@ -229,6 +237,14 @@ def _started(
         if store is not None:
             store.close()
         cluster.shutdown()
+
+
+def _warm_start(spec: SweepSpec, uri: str, client: Any) -> WarmStart | None:
+    if not spec.search.warm_start:
+        return None
+    if isinstance(client, ProcessClient):
+        _open_store(client, uri, str(spec.source))
+    return warm_start.gather(spec, client=client, tracking_uri=uri)
 
 
 def _drop_store_made_by(store: ProcessClient, uri: str) -> None:
@@ -297,6 +313,7 @@ class _Sweep:
         self.trials = trials or str(folder)
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
         self.data: Any = None  # ObjectRef of the sweep's SweepData (experiment + data), for every trial
+        self.warm: WarmStart | None = None
 
     @classmethod
     def new(cls, spec: SweepSpec, roots: list[str], concurrent: int, address: str | None) -> _Sweep:
@@ -306,7 +323,7 @@ class _Sweep:
 
     def use(self, ready: _Ready) -> _Sweep:
         """Take what ``_started`` made ready: the tracking client and the data."""
-        self.tracking_client, self.data = ready.client, ready.data
+        self.tracking_client, self.data, self.warm = ready.client, ready.data, ready.warm
         return self
 
     def _recorder(self, uri: str) -> SweepRecorder:
@@ -320,6 +337,7 @@ class _Sweep:
             mode=self.spec.mode,
             state_file=state,
             client=self.tracking_client,
+            names=RunNames.of_sweep(self.spec.search_space.swept, self.spec.num_samples),
         )
 
     def run(self, progress: Progress | None) -> SweepOutcome:
@@ -327,9 +345,14 @@ class _Sweep:
         with self._crash_noted():
             recorder = self._recorder(resolve_tracking_uri(self.spec.tracking_uri))
             parent = recorder.start_sweep(
-                name=self.spec.name, sweep_id=self.sweep_id, settings=self.spec.resolved()
+                name=self.spec.name,
+                sweep_id=self.sweep_id,
+                settings=self.spec.resolved(),
+                tags={WARM_START_TAG: ",".join(self.warm.sources)} if self.warm else {},
             )
             self._write_manifest(recorder.tracking_uri)
+            if progress is not None and self.warm is not None:
+                progress.note(self.warm.line())
         with self._crash_noted(), tune_log.kept_in(self.folder) as logged:
             tuner = build_tuner(
                 self.spec,
@@ -339,6 +362,7 @@ class _Sweep:
                 concurrent=self.concurrent,
                 callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
                 folder=self.folder,
+                seeded=self.warm.trials if self.warm else (),
             )
             return self._fit(tuner, recorder, parent, progress, logged)
 
@@ -481,9 +505,10 @@ def build_tuner(
     concurrent: int,
     callbacks: list[tune.Callback],
     folder: Path,
+    seeded: Sequence[optuna.trial.FrozenTrial] = (),
 ) -> tune.Tuner:
     """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
-    the scheduler its journal."""
+    the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start)."""
     return tune.Tuner(
         _trainable_of(spec, roots, data),
         param_space=dict(spec.fixed),
@@ -491,7 +516,7 @@ def build_tuner(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples,
-            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id),
+            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id, seeded),
             scheduler=make_scheduler(
                 spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
             ),
@@ -550,7 +575,9 @@ def _trainable_of(
     )
 
 
-def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> OptunaSearch:
+def _searcher(
+    spec: SweepSpec, study_file: Path, sweep_id: str, seeded: Sequence[optuna.trial.FrozenTrial]
+) -> OptunaSearch:
     return make_searcher(
         spec.search.type,
         seed=spec.search.seed,
@@ -561,6 +588,7 @@ def _searcher(spec: SweepSpec, study_file: Path, sweep_id: str) -> OptunaSearch:
         study_name=sweep_id,
         scheduler=spec.scheduler.type,
         num_samples=spec.num_samples,
+        seeded=seeded,
     )
 
 

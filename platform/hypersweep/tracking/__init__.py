@@ -4,10 +4,11 @@ Run conventions (a contract, see README):
 * parent run: tags ``hypersweep.role=sweep``, ``hypersweep.sweep_id``; params = sweep settings;
   artifact ``sweep.yaml`` (the resolved sweep); at the end metric ``best_<metric>``, tags
   ``hypersweep.best_trial`` / ``hypersweep.best_run_id`` and the best trial's weights.
-* child run per trial (``mlflow.parentRunId``): tags ``hypersweep.role=trial``,
-  ``hypersweep.trial_id``, ``hypersweep.status`` and ``hypersweep.stop_reason``; params = the
-  trial's config; metrics per epoch with ``step=epoch``; at its end ``best_<metric>``, the
-  trial's result (``scoring``), unless it diverged or failed.
+* child run per trial (``mlflow.parentRunId``), named for people (``run_names``: ``07 adam
+  lr=0.023 bs=16``) and found by its tags ``hypersweep.role=trial``, ``hypersweep.trial_id``;
+  tags ``hypersweep.status`` and ``hypersweep.stop_reason``; params = the trial's config;
+  metrics per epoch with ``step=epoch``; at its end ``best_<metric>``, the trial's result
+  (``scoring``), unless it diverged or failed.
 
 Metrics are buffered and sent with ``log_batch`` (one request per run per flush, never one per
 value); a step already logged for a trial is never logged again (retries replay epochs).
@@ -53,6 +54,7 @@ from hypersweep import scoring
 from hypersweep.errors import ConfigError, first_line, folder_problem
 from hypersweep.redaction import redact as redact  # re-exported: shown by callers
 from hypersweep.redaction import redact_settings as redact_settings
+from hypersweep.run_names import RunNames, number_in
 from hypersweep.tracking.state import StateJournal
 from hypersweep.tracking.template import sqlite_path
 
@@ -66,6 +68,7 @@ for _name in ("mlflow.store.db.utils", "alembic"):
 ROLE, SWEEP_ID, TRIAL_ID = "hypersweep.role", "hypersweep.sweep_id", "hypersweep.trial_id"
 STATUS, STOP_REASON = "hypersweep.status", "hypersweep.stop_reason"
 BEST_TRIAL, BEST_RUN = "hypersweep.best_trial", "hypersweep.best_run_id"
+WARM_START_TAG = "hypersweep.warm_start"  # on a parent run: the sweeps whose trials seeded it
 DROPPED = "hypersweep.dropped"  # on a run: the writes MLflow refused, one per line
 # On a run a new trial took over from one lost in a driver crash: the lost trial's id.
 EARLIER_TRIAL_ID = "hypersweep.earlier_trial_id"
@@ -186,6 +189,9 @@ class _TrialRun:
     ended_ms: int = 0
     dropped: list[str] = field(default_factory=list)  # writes MLflow refused: "metric name: why"
     unsent_artifacts: list[str] = field(default_factory=list)  # copies kept until MLflow has them
+    # Its place in the order the sweep's trials started (1, 2, ...), in its run's name; kept here
+    # so that a resumed sweep numbers on. 0: saved by an earlier version (named by trial id).
+    number: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -220,8 +226,10 @@ class SweepRecorder:
         mode: str,
         state_file: Path | None = None,
         client: Any = None,
+        names: RunNames | None = None,
     ) -> None:
         # ``client``: anything with MlflowClient's methods (benchmarks pass one that sends nothing).
+        # ``names``: how trial runs are named (the sweep's swept parameters; see ``run_names``).
         self.client = client if client is not None else MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.metric, self.mode = metric, mode
@@ -230,6 +238,8 @@ class SweepRecorder:
         self.failed_flushes = 0  # flushes the server did not answer (an outage's length)
         self.last_error = ""
         self._trials: dict[str, _TrialRun] = {}
+        self._names = names or RunNames()
+        self._numbered = 0  # trials numbered so far
         self._journal = StateJournal(state_file) if state_file is not None else None
         self._open: set[str] = set()  # trials whose end is not in the journal yet
         self._forgotten: list[str] = []  # trials dropped since the last save
@@ -273,13 +283,16 @@ class SweepRecorder:
             self.flush()
 
     # -- the sweep -------------------------------------------------------------------------
-    def start_sweep(self, *, name: str, sweep_id: str, settings: Mapping[str, Any]) -> str:
-        """Create (or reuse) the experiment and the parent run; returns the parent run id."""
+    def start_sweep(
+        self, *, name: str, sweep_id: str, settings: Mapping[str, Any], tags: Mapping[str, str] = {}
+    ) -> str:
+        """Create (or reuse) the experiment and the parent run (with ``tags`` besides its own);
+        returns the parent run id."""
         self.experiment_id = self._experiment(name)
         run = self.client.create_run(
             self.experiment_id,
             run_name=sweep_id,
-            tags={ROLE: "sweep", SWEEP_ID: sweep_id},
+            tags={**tags, ROLE: "sweep", SWEEP_ID: sweep_id},
         )
         self.parent_run_id = run.info.run_id
         self._save()
@@ -298,6 +311,8 @@ class SweepRecorder:
         self._open = {tid for tid, run in self._trials.items() if not run.ended}
         self.client.update_run(self.parent_run_id, status="RUNNING")
         self._adopt_children()
+        # Numbered on from the last; trials an earlier version saved count without a number.
+        self._numbered = max([len(self._trials), *(r.number for r in self._trials.values())])
 
     def _adopt_children(self) -> None:
         """Child runs MLflow has but the saved state missed (a crash right after creating one)."""
@@ -313,7 +328,7 @@ class SweepRecorder:
                 continue
             history = self.client.get_metric_history(found.info.run_id, self.metric)
             last = max((m.step for m in history), default=0)
-            run = known or _TrialRun(config=dict(found.data.params))
+            run = known or _TrialRun(config=dict(found.data.params), number=number_in(found.info.run_name))
             run.run_id, run.last_step = found.info.run_id, max(last, run.last_step)
             # A crash between creating the run and its first batch leaves it without params:
             # they are sent on the next flush (the config is Tune's again when the trial restarts).
@@ -376,7 +391,8 @@ class SweepRecorder:
                 due["best_model"] = str(self._keep(best_weights, "best_model"))
         self._parent_due = due
         self.drain(FINAL_WAIT_SECONDS)
-        return best
+        # Again: the best trial's run may have been made by this drain (its id, for the summary).
+        return self.best_trial() if best is not None else None
 
     def _send_parent(self) -> None:
         """The parent run's last writes, in order, each forgotten once MLflow has it."""
@@ -510,7 +526,10 @@ class SweepRecorder:
                     self._open.add(trial_id)
                     self._forgotten.append(tid)
                     run.reopen = True
-                    run.pending_tags += [RunTag(TRIAL_ID, trial_id), RunTag(MLFLOW_RUN_NAME, trial_id)]
+                    # Its number and configuration are the lost trial's: so is its name, unless
+                    # an earlier version named it by the lost trial's id.
+                    name = RunTag(MLFLOW_RUN_NAME, self._run_name(trial_id, run))
+                    run.pending_tags += [RunTag(TRIAL_ID, trial_id), name]
                     run.pending_tags.append(RunTag(EARLIER_TRIAL_ID, tid))
                     self._save(trial_id)
                 return tid
@@ -541,7 +560,10 @@ class SweepRecorder:
                 known.config = dict(config)
             return
         with self._lock:
-            self._trials[trial_id] = _TrialRun(config=dict(config), started_ms=_now_ms())
+            self._numbered += 1
+            self._trials[trial_id] = _TrialRun(
+                config=dict(config), started_ms=_now_ms(), number=self._numbered
+            )
             self._open.add(trial_id)
         if self._writer is None:
             self.flush(force=True)  # create its run now (or as soon as the server answers)
@@ -722,13 +744,14 @@ class SweepRecorder:
                 ended = bool(run.run_status)
                 if ended:
                     tags.update(run.final_tags)
+            name = self._run_name(trial_id, run)
             created = self.client.create_run(
                 self.experiment_id,
                 start_time=run.started_ms or None,
-                run_name=trial_id,
+                run_name=name,
                 tags={
                     MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    MLFLOW_RUN_NAME: trial_id,
+                    MLFLOW_RUN_NAME: name,
                     ROLE: "trial",
                     TRIAL_ID: trial_id,
                     STATUS: "running",
@@ -740,6 +763,9 @@ class SweepRecorder:
                 del run.pending_tags[:sent_tags]
                 run.final_tags_sent = ended
                 self._save(trial_id)  # the trial -> run map must outlive this process before anything else
+
+    def _run_name(self, trial_id: str, run: _TrialRun) -> str:
+        return self._names.name(run.number, trial_id, run.config) if run.number else trial_id
 
     def _log_params(self, run_id: str, params: list[Param]) -> None:
         for i in range(0, len(params), _MAX_PARAMS_PER_BATCH):
