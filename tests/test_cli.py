@@ -225,7 +225,12 @@ def test_resume_without_tune_state_is_one_line_and_leaves_no_ray_process(tmp_pat
             f" {cluster.probe(None).cpus:g} CPU and {torch.cuda.device_count()} GPU"
             " (from --cpus-per-trial 4096)",
         ),
-        (["--shared-storage", "--set", "max_epochs=1"], "scheduler.grace_period: 2 exceeds max_epochs (1)"),
+        (
+            # Shortened and contradicted on the command line: an error (a shortened sweep alone
+            # brings the file's grace period within, see test_config).
+            ["--shared-storage", "--set", "max_epochs=1", "--set", "scheduler.grace_period=2"],
+            "scheduler.grace_period: 2 exceeds max_epochs (1) (from --set scheduler.grace_period=2)",
+        ),
     ],
 )
 def test_an_error_about_a_value_from_the_command_line_names_the_argument(
