@@ -132,15 +132,33 @@ class LocalRayCluster:
             )
 
     def stop(self) -> None:
-        pids = _descendants({p.pid for p in self.procs}) | _pids_with_env(f"RAY_AUTH_TOKEN={self.token}")
+        stop_tagged(f"RAY_AUTH_TOKEN={self.token}", roots={p.pid for p in self.procs})
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+
+def stop_tagged(marker: str, roots: set[int] | None = None) -> set[int]:
+    """End the processes whose environment holds ``marker`` (``KEY=VALUE``, inherited by everything
+    they start, daemons included) and the process trees of ``roots``: SIGTERM, SIGKILL after 10 s.
+    Processes started meanwhile (Ray restarting a worker) carry the marker too, so this repeats
+    until none is left, at most three rounds. Returns the tagged processes still alive (none)."""
+
+    def tagged() -> set[int]:
+        pids = {p for p in _descendants(roots or set()) | _pids_with_env(marker) if _alive(p)}
         pids.discard(os.getpid())
+        return pids
+
+    for _ in range(3):
+        pids = tagged()
+        if not pids:
+            break
         _signal(pids, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.3)
         _signal({p for p in pids if _alive(p)}, signal.SIGKILL)
-        for proc in self.procs:
-            proc.wait(timeout=10)
+        time.sleep(0.5)
+    return tagged()
 
 
 def _children() -> dict[int, list[int]]:
