@@ -32,7 +32,7 @@ from hypersweep.search_space import Choice, SearchSpace, choice_label
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per in-memory study made
 
-MIN_TRIALS = 3  # fewer finite results leave nothing to split the variance of
+MIN_TRIALS = 5  # fewer finite results are too few for a forest to tell the parameters apart
 _NATIVE = (type(None), bool, int, float, str)  # choices Optuna stores as they are (search_space)
 
 

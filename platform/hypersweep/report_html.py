@@ -131,7 +131,7 @@ def _facts(
 
 def _section(key: str, title: str, how: str, chart: str | None, scored: int) -> str:
     if chart is None:
-        body = f'<p class="note">Not drawn: {scored} trial(s) with a finite result.</p>'
+        body = f'<p class="note">Not drawn: only {scored} trial(s) with a finite result.</p>'
     else:
         source = f"data:image/png;base64,{chart}"
         body = f'<img class="chart" id="chart-{key}" alt="{html.escape(title)}" src="{source}">'
