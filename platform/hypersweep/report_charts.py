@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from collections.abc import Sequence
+
+# Charts go to files: no window, whatever display there is (a process that imported matplotlib
+# earlier, a notebook, keeps the backend it chose).
+os.environ.setdefault("MPLBACKEND", "agg")
 
 import optuna
 from matplotlib.axes import Axes

@@ -42,7 +42,7 @@ from hypersweep.manifest import (
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
-from hypersweep.report import at_sweep_end
+from hypersweep.report import at_sweep_end, import_charts_meanwhile
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
@@ -206,6 +206,7 @@ def _started(
         store = ProcessClient(uri) if client is None else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
+            import_charts_meanwhile()
             info = cluster.connect(
                 address=address, import_roots=roots, modules=[_top_module(spec)], node=node
             )
