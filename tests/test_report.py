@@ -4,6 +4,8 @@ and its bad input (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 import random
 import re
@@ -12,9 +14,11 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 
+from hypersweep.console import print_report
 from hypersweep.importance import importances, results_study
-from hypersweep.report import build, figures
+from hypersweep.report import at_sweep_end, build, figures
 from hypersweep.search_space import parse_search_space
 from hypersweep.tracking.report_data import SweepRecord, TrialRecord, ui_root
 from hypersweep.tracking.state import read_state
@@ -116,6 +120,28 @@ def test_the_page_holds_its_charts_and_top_trials_and_fetches_nothing(tmp_path: 
     assert {k for k in built.metrics if k.startswith("importance_")} == {
         f"importance_{name}" for name in built.importances
     }
+
+
+def test_a_sweep_without_trials_still_has_a_page(tmp_path: Path) -> None:
+    record = dataclasses.replace(_record(), trials=[], scheduler={"type": "fifo"})
+    built = build(record, tmp_path)
+    assert (built.top, built.importances, built.metrics["epochs_trained"]) == ([], {}, 0)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<img class="chart"') == 2 and page.count("Not drawn: only 0 trial(s)") == 2
+
+
+def test_a_report_that_fails_is_one_warning_line(tmp_path: Path) -> None:
+    """At a sweep's end (a real SQLite store): a report that cannot be made is a reason, never an
+    exception, and the summary shows it in one line."""
+    uri = f"sqlite:///{tmp_path}/x.db"
+    client = MlflowClient(uri)
+    client.search_experiments()  # makes the store
+    summary, error = at_sweep_end(client, "no-such-run", uri)
+    assert summary is None and error.startswith("MlflowException: ")
+    shown = io.StringIO()
+    print_report(Console(file=shown, width=100), summary, error=error)
+    assert shown.getvalue().startswith("warning: no sweep report: MlflowException")
+    assert len(shown.getvalue().splitlines()) == 1
 
 
 def test_links_go_to_a_tracking_servers_ui_without_its_credentials() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from hypersweep import report_html
 from hypersweep.errors import ConfigError, first_line, folder_problem
 from hypersweep.importance import importances, results_study
+from hypersweep.redaction import redact
 from hypersweep.search_space import parse_search_space
 from hypersweep.tracking.report_data import (
     REPORT_DIR,
@@ -157,7 +158,7 @@ def at_sweep_end(client: Any, parent_run_id: str, tracking_uri: str) -> tuple[Re
         record = read_record(client, client.get_run(parent_run_id), tracking_uri=tracking_uri)
         return log_to_run(client, record, started), ""
     except Exception as exc:  # a report is a view of the sweep: never its failure
-        return None, f"{type(exc).__name__}: {first_line(exc)}"
+        return None, redact(f"{type(exc).__name__}: {first_line(exc)}")  # shown on the terminal
 
 
 def rebuild(ref: str, *, tracking_uri: str, out: Path | None = None) -> ReportSummary:

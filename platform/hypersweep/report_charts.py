@@ -72,7 +72,8 @@ def curves(record: SweepRecord) -> bytes:
     ax.set_ylabel(record.metric)
     ax.set_title(f"learning curves: {len(record.trials)} trials")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # none for a sweep with no trial (and no rung)
+        ax.legend(loc="upper right", fontsize=8)
     return png(figure)
 
 
