@@ -60,7 +60,7 @@ def curves(record: SweepRecord) -> bytes:
                 color=colour,
                 alpha=0.75,
                 linewidth=1.2,
-                marker="o" if len(trial.epochs) == 1 else None,
+                marker="o" if sum(map(math.isfinite, trial.values)) == 1 else None,  # no line to draw
                 markersize=3,
                 label=f"{status} ({len(trials)})" if i == 0 else None,
             )
