@@ -34,6 +34,7 @@ from hypersweep.tracking.report_data import (
     log_report,
     open_sweep,
     read_record,
+    refused_as_bad_input,
 )
 
 HTML = "report.html"
@@ -59,12 +60,9 @@ class ReportSummary:
     importances: dict[str, float]  # most important first
     epochs_trained: int
     epochs_budget: int
+    compute_saved: float
     location: str  # "report/report.html on run <id>", or the file written
     seconds: float  # the time it took to make and log
-
-    @property
-    def compute_saved(self) -> float:
-        return 1.0 - self.epochs_trained / self.epochs_budget if self.epochs_budget else 0.0
 
 
 def figures(record: SweepRecord, found: dict[str, float]) -> dict[str, float]:
@@ -121,6 +119,7 @@ def _summary(record: SweepRecord, made: Built, location: str, started: float) ->
         importances=made.importances,
         epochs_trained=int(made.metrics["epochs_trained"]),
         epochs_budget=int(made.metrics["epochs_budget"]),
+        compute_saved=made.metrics["compute_saved"],
         location=location,
         seconds=time.monotonic() - started,
     )
@@ -169,7 +168,8 @@ def rebuild(ref: str, *, tracking_uri: str, out: Path | None = None) -> ReportSu
     if out is not None and (problem := folder_problem(out)) is not None:
         raise ConfigError("", "--out", problem)
     client, parent = open_sweep(ref, tracking_uri=tracking_uri)
-    record = read_record(client, parent, tracking_uri=tracking_uri)
-    if out is None:
-        return log_to_run(client, record, started)
+    with refused_as_bad_input(tracking_uri):
+        record = read_record(client, parent, tracking_uri=tracking_uri)
+        if out is None:
+            return log_to_run(client, record, started)
     return _summary(record, build(record, out), str(out / HTML), started)

@@ -11,10 +11,12 @@ so a report can be rebuilt on any machine that reaches the tracking store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,13 +84,21 @@ def open_sweep(ref: str, *, tracking_uri: str) -> tuple[MlflowClient, Run]:
     require_existing_store(tracking_uri)
     check_tracking_uri(tracking_uri, source="")
     client = MlflowClient(tracking_uri=tracking_uri)
-    try:
+    with refused_as_bad_input(tracking_uri):
         parent = _find_parent(client, ref)
-    except MlflowException as exc:
-        raise ConfigError("", "tracking_uri", f"{redact(tracking_uri)}: {first_line(exc)}") from None
     if parent is None:
         raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {redact(tracking_uri)}")
     return client, parent
+
+
+@contextlib.contextmanager
+def refused_as_bad_input(tracking_uri: str) -> Iterator[None]:
+    """A store that refuses what ``hypersweep report`` asks (one MLflow cannot read, a server's
+    error) is one line and exit 2, as for ``best`` and ``replay``."""
+    try:
+        yield
+    except MlflowException as exc:
+        raise ConfigError("", "tracking_uri", f"{redact(tracking_uri)}: {first_line(exc)}") from None
 
 
 def read_record(client: Any, parent: Run, *, tracking_uri: str = "") -> SweepRecord:
