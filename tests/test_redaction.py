@@ -154,7 +154,7 @@ def test_a_real_sweep_shows_no_credential_anywhere(tmp_path: Path) -> None:
         parent = stored.parent.info.run_id
         files = {
             name: Path(stored.client.download_artifacts(parent, name, str(tmp_path))).read_text()
-            for name in ("sweep.yaml", "best_config.json")
+            for name in ("sweep.yaml", "best_config.json", "report/report.html")
         }
         runs = [stored.parent, *stored.children]
         shown = [json.dumps([r.data.params, r.data.tags]) for r in runs]

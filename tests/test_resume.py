@@ -135,6 +135,13 @@ def test_sigkill_and_resume_with_the_shipped_defaults(tmp_path: Path) -> None:
     for lr in finished_before:
         log = (tmp_path / "faults" / f"{float(lr):.12g}.log").read_text().split()
         assert log.count("build") == 1, lr
+    # The resumed sweep's report covers the trials of both runs of the driver.
+    assert "report: report/report.html" in out
+    assert "report/report.html" in [
+        f.path for f in stored.client.list_artifacts(stored.parent.info.run_id, "report")
+    ]
+    trained = sum(len(stored.history(c, "train_loss")) for c in stored.children)
+    assert stored.parent.data.metrics["epochs_trained"] == trained
 
 
 def test_a_run_made_just_before_a_crash_gets_its_params_on_resume(tmp_path: Path) -> None:
@@ -179,6 +186,7 @@ def test_the_outage_backlog_holds_artifacts_and_the_sweeps_end(tmp_path: Path) -
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 4, out + err
         assert f"hypersweep resume {folder}" in err
+        assert "report: " not in out and "no sweep report" not in out  # MLflow lacks part of it
         assert (folder / "unsent").is_dir()
 
         down = cli("resume", str(folder), env=quick)
@@ -205,6 +213,9 @@ def test_the_outage_backlog_holds_artifacts_and_the_sweeps_end(tmp_path: Path) -
             "best_model/model.pt"
         ]
         assert not (folder / "unsent").exists()
+        assert "report/report.html" in [
+            f.path for f in stored.client.list_artifacts(parent.info.run_id, "report")
+        ]
     finally:
         stop_group(server.pid)
 

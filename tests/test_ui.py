@@ -98,3 +98,37 @@ def test_ui_shows_the_sweep_with_its_trials_nested_under_readable_names(
         finally:
             browser.close()
     assert (tmp_path / "runs.png").stat().st_size > 10_000
+
+
+def test_ui_shows_the_sweep_report_on_the_parent_run(swept, ui_server: str, tmp_path: Path) -> None:
+    """The parent run's report/report.html, opened in the UI's artifact view (a sandboxed frame):
+    its charts are drawn, its table holds the top trials, and each run's link is the UI's own."""
+    cwd, uri = swept
+    os.chdir(cwd)
+    stored = read_sweep(uri, "breast-cancer-mlp")
+    parent, experiment = stored.parent, stored.parent.info.experiment_id
+    scored = [c for c in stored.children if "best_val_loss" in c.data.metrics]
+    best = min(scored, key=lambda c: c.data.metrics["best_val_loss"])
+    # Curves and best-so-far always; parallel coordinates with a result; importance with 5.
+    charts = 2 + bool(scored) + any(k.startswith("importance_") for k in parent.data.metrics)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{ui_server}/#/experiments/{experiment}/runs/{parent.info.run_id}/artifacts")
+            page.get_by_text("report", exact=True).first.click(timeout=60_000)
+            page.get_by_text("report.html", exact=True).first.click(timeout=30_000)
+            report = page.frame_locator("iframe.mlflow-html-iframe")
+            rows = report.locator("#top-trials tbody tr")
+            rows.first.wait_for(timeout=30_000)
+            widths = report.locator("img.chart").evaluate_all("images => images.map(i => i.naturalWidth)")
+            assert len(widths) == charts and all(w >= 600 for w in widths), widths
+            assert rows.count() == min(10, len(scored))
+            link = report.locator("a.run").first.get_attribute("href")
+            assert link == f"{ui_server}/#/experiments/{experiment}/runs/{best.info.run_id}"
+            assert report.locator("#ui-note").is_visible()  # how to open a run from the sandbox
+            page.locator("iframe.mlflow-html-iframe").screenshot(path=str(tmp_path / "report.png"))
+            page.screenshot(path=str(tmp_path / "report-in-ui.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000

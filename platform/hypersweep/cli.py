@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -233,6 +234,7 @@ def _end(spec: Any, outcome: Any) -> None:
 
 
 def _print_outcome(spec: Any, outcome: Any) -> None:
+    from hypersweep.console import print_report
     from hypersweep.tracking import redact_settings
 
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
@@ -262,6 +264,7 @@ def _print_outcome(spec: Any, outcome: Any) -> None:
         shown = redact_settings(best.config)  # the sweep's fixed values ride along: a token
         _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(shown.items())))
         _out.print(f"  MLflow run: {best.run_id}")
+    print_report(_out, outcome.report, error=outcome.report_error)
     _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
     _out.print(f"trial state: {outcome.storage_path}")
     _out.print(f"compare the runs: hypersweep ui --tracking-uri {outcome.tracking_uri}")
@@ -358,6 +361,24 @@ def replay(sweep: str, tracking_uri: str | None, seeds: int, **grid: Any) -> Non
             "sweep's scheduler stopped it, and its later epochs are unknown; a FIFO sweep replays every "
             "setting exactly"
         )
+
+
+@cli.command()
+@click.argument("sweep")
+@click.option(
+    "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Write it into this folder, not to the parent run."
+)
+def report(sweep: str, tracking_uri: str | None, out: Path | None) -> None:
+    """(Re)build the report of SWEEP (a sweep id, or a sweep name for its latest run) from MLflow
+    alone and log it to the sweep's parent run: report/report.html, its charts, its metrics."""
+    from hypersweep.console import print_report
+    from hypersweep.report import rebuild
+    from hypersweep.tracking import resolve_tracking_uri
+
+    print_report(_out, rebuild(sweep, tracking_uri=resolve_tracking_uri(tracking_uri), out=out))
 
 
 @cli.command()

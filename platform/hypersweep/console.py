@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from hypersweep import scoring
@@ -118,3 +119,40 @@ def replay_table(table: Mapping[str, Any], outcomes: Sequence[Any], *, seeds: in
             *numbers,
         )
     return view
+
+
+def print_report(out: Console, summary: Any, *, error: str = "") -> None:
+    """The end of a sweep's summary (``report.ReportSummary``): its best trials, the parameters
+    that mattered most, and the compute early stopping saved; or why there is no report. Off a
+    terminal (a log) the table is not wrapped to 80 columns: a trial's config stays on its line."""
+    if error:
+        out.print(f"[yellow]warning: no sweep report: {escape(error)}[/]")
+    if summary is None:
+        return
+    from rich import box
+    from rich.table import Table
+
+    top = summary.top[:5]
+    view = Table(
+        title=f"top {len(top)} trials by {summary.metric}", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    for column in ("#", "trial", summary.metric, "status", "epochs", "config"):
+        view.add_column(column, justify="left" if column in ("trial", "status", "config") else "right")
+    for rank, trial in enumerate(top, start=1):
+        config = "  ".join(f"{k}={_brief(v)}" for k, v in sorted(trial.config.items()))
+        view.add_row(
+            str(rank), trial.name, f"{trial.result:.5g}", trial.status, str(trial.epochs_trained), config
+        )
+    (out if out.is_terminal else Console(file=out.file, width=200, highlight=False)).print(view)
+    first = list(summary.importances.items())[:3]
+    important = ", ".join(f"{name} {share:.0%}" for name, share in first) or "too few trials with a result"
+    out.print(f"most important parameters: {important}")
+    out.print(
+        f"compute saved by stopping early: {summary.compute_saved:.0%} "
+        f"({summary.epochs_trained} of {summary.epochs_budget} epochs trained)"
+    )
+    out.print(f"report: {summary.location} ({summary.seconds:.1f} s)")
+
+
+def _brief(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

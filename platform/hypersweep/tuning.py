@@ -42,6 +42,7 @@ from hypersweep.manifest import (
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
+from hypersweep.report import at_sweep_end, import_charts_meanwhile
 from hypersweep.run_names import RunNames
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
@@ -95,6 +96,8 @@ class SweepOutcome:
     dropped: int = 0  # writes MLflow refused (named in their runs' hypersweep.dropped tag)
     first_dropped: str = ""
     tune_log: str = ""  # "Tune logged 3 warnings, 1 error: <its file>"; "" when it logged none
+    report: Any = None  # report.ReportSummary of the report logged to the parent run
+    report_error: str = ""  # why no report was made ("" when one was, or none was due)
 
     @property
     def failed(self) -> bool:
@@ -211,6 +214,7 @@ def _started(
         seeds = _warm_start(spec, uri, client or store) if warm else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
             data = pool.submit(load_sweep_data, spec, roots)
+            import_charts_meanwhile()
             info = cluster.connect(
                 address=address, import_roots=roots, modules=[_top_module(spec)], node=node
             )
@@ -452,6 +456,12 @@ class _Sweep:
                     )
                 if not recorder.unsent and (self.folder / MANIFEST).is_file():
                     mark_finished(self.folder)
+        wall = time.monotonic() - started
+        # The report needs every write in MLflow: a server that did not take them all is down.
+        due = not interrupted and not recorder.unsent
+        report, report_error = (
+            at_sweep_end(recorder.client, parent, recorder.tracking_uri) if due else (None, "")
+        )
         return SweepOutcome(
             sweep_id=self.sweep_id,
             parent_run_id=parent,
@@ -460,7 +470,7 @@ class _Sweep:
             folder=str(self.folder),
             best=best,
             statuses=recorder.statuses(),
-            wall_seconds=time.monotonic() - started,
+            wall_seconds=wall,
             trial_seconds=_trial_seconds(results),
             cpu_fallbacks=recorder.count_tagged("hypersweep.device", FALLBACK_DEVICE),
             first_error=_error_line(recorder.first_error()),
@@ -470,6 +480,8 @@ class _Sweep:
             dropped=recorder.dropped,
             first_dropped=recorder.first_dropped(),
             tune_log=logged.note(),
+            report=report,
+            report_error=report_error,
         )
 
 

@@ -49,10 +49,7 @@ def read_table(ref: str, *, tracking_uri: str) -> dict[str, Any]:
 
 def sweep_table(client: MlflowClient, parent: Run) -> dict[str, Any]:
     params, sweep_id = parent.data.params, parent.data.tags[SWEEP_ID]
-    found = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10_000
-    )
-    runs = [r for r in found if r.data.tags.get(ROLE) == "trial" and r.info.end_time]
+    runs = [r for r in trial_runs(client, parent) if r.info.end_time]
     ended = [r for r in runs if r.data.tags.get("hypersweep.status") not in (None, "running", "failed")]
     if len(ended) < MIN_TRIALS:
         raise ConfigError(
@@ -69,13 +66,24 @@ def sweep_table(client: MlflowClient, parent: Run) -> dict[str, Any]:
         "num_samples": int(params["num_samples"]),
         "search": params.get("search.type", "optuna"),
         "scheduler": {
-            k.removeprefix("scheduler."): _typed(v) for k, v in params.items() if k.startswith("scheduler.")
+            k.removeprefix("scheduler."): param_value(v)
+            for k, v in params.items()
+            if k.startswith("scheduler.")
         },
-        "patience": _typed(params.get("training.patience", "null")),
+        "patience": param_value(params.get("training.patience", "null")),
         "search_space": space,
         **_overhead(parent, ended, rows),
         "trials": rows,
     }
+
+
+def trial_runs(client: Any, parent: Run) -> list[Run]:
+    """The sweep's trial runs (its nested children). ``client``: an MlflowClient, or anything
+    with its methods (the sweep's ``tracking.process.ProcessClient``)."""
+    found = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10_000
+    )
+    return [r for r in found if r.data.tags.get(ROLE) == "trial"]
 
 
 def _curve(client: MlflowClient, run: Run, metric: str, names: set[str]) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def _curve(client: MlflowClient, run: Run, metric: str, names: set[str]) -> dict
     diverged = run.data.tags.get("hypersweep.status") == "diverged"
     trained = range(1, len(losses) - diverged + 1)  # the diverged epoch has no result (scoring)
     return {
-        "config": {k: _typed(v) for k, v in run.data.params.items() if k in names},
+        "config": {k: param_value(v) for k, v in run.data.params.items() if k in names},
         "curve": [history.get(step) for step in trained],
         "val_loss": [val_loss.get(step) for step in trained],
         "times": [round(t, 4) for t in times],
@@ -109,7 +117,7 @@ def _overhead(parent: Run, runs: list[Run], rows: list[dict[str, Any]]) -> dict[
     return {"workers": workers, "overhead_s": round(max(0.0, (wall * workers - trained) / len(rows)), 4)}
 
 
-def _typed(text: str) -> Any:
+def param_value(text: str) -> Any:
     """A param as MLflow holds it (strings as they are, other values as JSON) -> its value."""
     try:
         return json.loads(text)
