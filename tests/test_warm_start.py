@@ -38,7 +38,7 @@ SPACE = parse_search_space(
     "space.yaml",
 )
 FIXED = {"dropout": 0.1, "api_token": "s3cr3t"}
-# A trial as MLflow holds it: every param as text (``tracking._param_text``), fixed ones too.
+# A trial as MLflow holds it: every param as text (``tracking.conventions._param_text``), fixed ones too.
 RECORDED = {
     "lr": "0.01",
     "optimizer": "momentum",

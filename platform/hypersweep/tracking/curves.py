@@ -23,11 +23,11 @@ from hypersweep.errors import ConfigError, first_line
 from hypersweep.tracking import (
     ROLE,
     SWEEP_ID,
-    _find_parent,
     check_tracking_uri,
     redact,
     require_existing_store,
 )
+from hypersweep.tracking.lookup import find_parent
 
 MIN_TRIALS = 8  # fewer finished trials tell a replay too little to compare settings on
 
@@ -39,7 +39,7 @@ def read_table(ref: str, *, tracking_uri: str) -> dict[str, Any]:
     check_tracking_uri(tracking_uri, source="")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        parent = _find_parent(client, ref)
+        parent = find_parent(client, ref)
         if parent is None:
             raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {redact(tracking_uri)}")
         return sweep_table(client, parent)

@@ -16,7 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hypersweep.errors import ConfigError, first_line
-from hypersweep.tracking import ROLE, STATUS, STOP_REASON, SWEEP_ID, TRIAL_ID, _find_parent, redact
+from hypersweep.tracking import ROLE, STATUS, STOP_REASON, SWEEP_ID, TRIAL_ID, redact
+from hypersweep.tracking.lookup import find_parent
 from hypersweep.tracking.template import sqlite_path
 
 KEY = "search.warm_start"  # what an error about a warm start names
@@ -51,7 +52,7 @@ def read_sweeps(
     sweeps: dict[str, RecordedSweep] = {}
     try:
         for ref in refs:
-            parent = _find_parent(client, ref)
+            parent = find_parent(client, ref)
             if parent is None:
                 raise ConfigError(source, KEY, f"no sweep '{ref}' in {redact(tracking_uri)}")
             sweep_id = parent.data.tags[SWEEP_ID]

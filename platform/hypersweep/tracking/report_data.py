@@ -31,12 +31,12 @@ from hypersweep.tracking import (
     STATUS,
     SWEEP_ID,
     TRIAL_ID,
-    _find_parent,
     check_tracking_uri,
     redact,
     require_existing_store,
 )
 from hypersweep.tracking.curves import param_value, trial_runs
+from hypersweep.tracking.lookup import find_parent
 
 REPORT_DIR = "report"  # the report's artifact folder on the parent run
 
@@ -85,7 +85,7 @@ def open_sweep(ref: str, *, tracking_uri: str) -> tuple[MlflowClient, Run]:
     check_tracking_uri(tracking_uri, source="")
     client = MlflowClient(tracking_uri=tracking_uri)
     with refused_as_bad_input(tracking_uri):
-        parent = _find_parent(client, ref)
+        parent = find_parent(client, ref)
     if parent is None:
         raise ConfigError("", "SWEEP", f"no sweep '{ref}' in {redact(tracking_uri)}")
     return client, parent
