@@ -25,7 +25,9 @@ def _space(trial: Any) -> None:
     trial.suggest_float("lr", 1e-4, 1.0, log=True)
 
 
-def _searcher(folder: Path, mode: str = "min", metric: str = "val_loss") -> StudySearcher:
+def _searcher(
+    folder: Path, mode: str = "min", metric: str = "val_loss", num_samples: int | None = None
+) -> StudySearcher:
     return StudySearcher(
         space=_space,
         metric=metric,
@@ -33,6 +35,7 @@ def _searcher(folder: Path, mode: str = "min", metric: str = "val_loss") -> Stud
         sampler=optuna.samplers.RandomSampler(seed=0),
         study_file=folder / STUDY_FILE,
         study_name="s",
+        num_samples=num_samples,
     )
 
 
@@ -121,7 +124,7 @@ def test_a_restored_searcher_continues_from_what_the_study_holds(tmp_path):
 def test_after_a_crash_a_lost_trial_runs_again_and_an_ended_one_counts(tmp_path):
     """Trials asked for after Tune's last snapshot: the one that ended is part of the sweep (not
     trained again), the one that did not is proposed again, and the sweep keeps num_samples."""
-    searcher = _searcher_of(tmp_path, num_samples=4)
+    searcher = _searcher(tmp_path, num_samples=4)
     searcher.suggest("a")
     snapshot = tmp_path / "searcher.pkl"
     searcher.save(str(snapshot))
@@ -130,7 +133,7 @@ def test_after_a_crash_a_lost_trial_runs_again_and_an_ended_one_counts(tmp_path)
     lost = searcher.suggest("lost")
     searcher.on_trial_result("lost", _report([0.7]))
     searcher.flush()  # then the driver dies
-    restored = _searcher_of(tmp_path, num_samples=4)
+    restored = _searcher(tmp_path, num_samples=4)
     restored.restore(str(snapshot))
     assert restored.suggest("again") == lost  # the lost configuration, as a new trial
     assert restored.suggest("new") not in (None, lost, ended)
@@ -139,18 +142,6 @@ def test_after_a_crash_a_lost_trial_runs_again_and_an_ended_one_counts(tmp_path)
     assert fifth == "FINISHED"  # Searcher.FINISHED
     told = {t.user_attrs.get("trial_id"): t.state for t in study_of(tmp_path, "s").trials}
     assert told["ended"] == TrialState.COMPLETE and told["lost"] == TrialState.FAIL
-
-
-def _searcher_of(folder: Path, *, num_samples: int) -> StudySearcher:
-    return StudySearcher(
-        space=_space,
-        metric="val_loss",
-        mode="min",
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        study_file=folder / STUDY_FILE,
-        study_name="s",
-        num_samples=num_samples,
-    )
 
 
 @pytest.mark.parametrize(
