@@ -1,6 +1,7 @@
-"""The only place that builds a Ray Tune ``Tuner``: searcher, scheduler, resources, storage.
+"""A sweep's driver: preflight, the sweep's folder and manifest, the fit, its end.
 
-``run_sweep`` is the whole sweep: connect to Ray, open the MLflow parent run, run the trials
+The Tuner is built in ``tuner``; Tune's trial events reach MLflow and the live view through
+``tune_events``. ``run_sweep`` is the whole sweep: connect to Ray, open the MLflow parent run, run the trials
 (OptunaSearch proposes, ASHA stops, several trials at once), record the best trial, end the run.
 """
 
@@ -11,7 +12,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,6 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from hypersweep import cluster, tune_log, warm_start
 from hypersweep.config import SweepSpec, import_roots
@@ -44,8 +44,6 @@ from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import load_sweep_data, resolve_experiment
 from hypersweep.report import at_sweep_end, import_charts_meanwhile
 from hypersweep.run_names import RunNames
-from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
-from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.tracking import (
     WARM_START_TAG,
     BestTrial,
@@ -57,8 +55,15 @@ from hypersweep.tracking import (
 )
 from hypersweep.tracking.process import ProcessClient
 from hypersweep.tracking.template import sqlite_path
-from hypersweep.trainer import TrainSettings
-from hypersweep.trial import ARTIFACTS_DIR, FALLBACK_DEVICE, HISTORY, TrialJob, trainable
+from hypersweep.trial import FALLBACK_DEVICE
+from hypersweep.tune_events import LIVE as _LIVE
+from hypersweep.tune_events import STATUS_BY_REASON as STATUS_BY_REASON
+from hypersweep.tune_events import TrackingCallback
+from hypersweep.tune_events import error_line as _error_line
+from hypersweep.tune_events import results as _results
+from hypersweep.tune_events import settle as _settle
+from hypersweep.tuner import build_tuner as build_tuner
+from hypersweep.tuner import trainable_of as _trainable_of
 from hypersweep.warm_start import WarmStart
 
 # Tune's CSV/JSON/TensorBoard loggers duplicate what MLflow records and cost I/O per result.
@@ -69,8 +74,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # rung make that routine, at a cost build_tuner bounds. Its warning of a slow snapshot stays.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "diverged": "diverged"}
 
 
 TRACKING_STATE = "hypersweep-tracking.jsonl"  # in the sweep's folder
@@ -293,11 +296,6 @@ def check_resumable(trials: str) -> None:
         raise ConfigError(trials, "", "Ray Tune saved no state for this sweep yet: nothing to resume")
 
 
-# Live driver-side objects of the sweeps in this process. Tune pickles its callbacks with the
-# experiment state, so a callback holds only the sweep id and finds these through it.
-_LIVE: dict[str, tuple[SweepRecorder, Progress | None]] = {}
-
-
 class _Sweep:
     """One sweep's driver: the Tuner, its recorder, its folder (manifest + tracking state) and
     where Tune keeps its trials (``trials``: the same folder, or a storage URI)."""
@@ -364,7 +362,7 @@ class _Sweep:
                 data=self.data,
                 sweep_id=self.sweep_id,
                 concurrent=self.concurrent,
-                callbacks=[_TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
+                callbacks=[TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
                 folder=self.folder,
                 seeded=self.warm.trials if self.warm else (),
             )
@@ -485,212 +483,6 @@ class _Sweep:
         )
 
 
-def _settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
-    """Trials Tune finished while no driver was listening (a crash between the two) get their end;
-    runs of trials that Tune itself lost in the crash, and did not run again, end ``interrupted``.
-    ``scheduler``: the stop reason of a trial that did not stop itself."""
-    known = {str((r.metrics or {}).get("trial_id", "")) for r in _results(grid)}
-    if "" not in known:  # a trial that never reported cannot be told apart: leave every run then
-        recorder.end_lost_trials(known)
-    for result in _results(grid):
-        metrics = result.metrics or {}
-        trial_id = str(metrics.get("trial_id", ""))
-        if not trial_id or recorder.is_finished(trial_id) or not recorder.knows(trial_id):
-            continue
-        if result.error is not None:
-            recorder.trial_finished(
-                trial_id, status="failed", stop_reason="error", error=_error_line(result.error)
-            )
-        elif metrics.get("done") or metrics.get("stop_reason"):
-            reason = str(metrics.get("stop_reason") or scheduler)
-            recorder.trial_finished(
-                trial_id, status=STATUS_BY_REASON.get(reason, "early_stopped"), stop_reason=reason
-            )
-
-
-def build_tuner(
-    spec: SweepSpec,
-    *,
-    roots: list[str],
-    data: Any,
-    sweep_id: str,
-    concurrent: int,
-    callbacks: list[tune.Callback],
-    folder: Path,
-    seeded: Sequence[optuna.trial.FrozenTrial] = (),
-) -> tune.Tuner:
-    """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
-    the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start)."""
-    return tune.Tuner(
-        _trainable_of(spec, roots, data),
-        param_space=dict(spec.fixed),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
-            num_samples=spec.num_samples,
-            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id, seeded),
-            scheduler=make_scheduler(
-                spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
-            ),
-            # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
-            max_concurrent_trials=concurrent,
-            # Trials reuse worker processes: no actor start-up, imports or data load per trial.
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=sweep_id,
-            storage_path=storage_path(spec.storage),
-            callbacks=callbacks,
-            verbose=0,
-            # Tune snapshots the whole sweep (every trial's state: O(trials)) whenever a trial has
-            # made num_to_keep checkpoints since the last snapshot; with 1 that is on every
-            # checkpoint, a cost that grows with the sweep. With 2, a trial that ends with one
-            # checkpoint forces none; one that finished after the last snapshot is recognised
-            # on resume from the recorder's state (see trial.trainable).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            # A trial that raises or loses its worker restarts from its last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
-        ),
-    )
-
-
-def _trainable_of(
-    spec: SweepSpec, roots: list[str], data: Any, finished: Mapping[str, Mapping[str, Any]] | None = None
-) -> Any:
-    job = TrialJob(
-        experiment=spec.experiment,
-        roots=tuple(roots),
-        settings=TrainSettings(
-            max_epochs=spec.max_epochs,
-            seed=spec.data_seed,
-            patience=spec.training.patience,
-            min_delta=spec.training.min_delta,
-            divergence_factor=spec.training.divergence_factor,
-            grad_clip_norm=spec.training.grad_clip_norm,
-            amp=spec.training.amp,
-            metric=spec.metric,
-            mode=spec.mode,
-        ),
-        threads=max(1, int(spec.resources.cpus_per_trial)),
-        gpus=spec.resources.gpus_per_trial,
-        allow_cpu_fallback=spec.resources.allow_cpu_fallback,
-        metric=spec.metric,
-        mode=spec.mode,
-        data=data,
-        decision_epochs=decision_epochs(spec),
-        report_every_s=spec.training.report_every_s,
-        checkpoint_every_s=spec.training.checkpoint_every_s,
-        finished=dict(finished or {}),
-    )
-    return tune.with_resources(
-        tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)
-    )
-
-
-def _searcher(
-    spec: SweepSpec, study_file: Path, sweep_id: str, seeded: Sequence[optuna.trial.FrozenTrial]
-) -> OptunaSearch:
-    return make_searcher(
-        spec.search.type,
-        seed=spec.search.seed,
-        space=spec.search_space.define_by_run,
-        metric=spec.metric,
-        mode=spec.mode,
-        study_file=study_file,
-        study_name=sweep_id,
-        scheduler=spec.scheduler.type,
-        num_samples=spec.num_samples,
-        seeded=seeded,
-    )
-
-
-# -- driver side: Tune events -> MLflow and the live view -------------------------------------
-class _TrackingCallback(tune.Callback):
-    """Tune's trial events -> the sweep's recorder and live view (found by sweep id, see _LIVE)."""
-
-    def __init__(self, sweep_id: str, scheduler: str = "asha") -> None:
-        self.sweep_id = sweep_id
-        self.scheduler = scheduler  # the stop reason of a trial the scheduler stopped
-
-    def _live(self) -> tuple[SweepRecorder, Progress | None]:
-        return _LIVE[self.sweep_id]
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        recorder, progress = self._live()
-        recorder.adopt_lost(trial.trial_id, trial.config, {t.trial_id for t in trials})
-        recorder.trial_started(trial.trial_id, trial.config)
-        if progress and not recorder.is_finished(trial.trial_id):
-            progress.trial_started(trial.trial_id)
-
-    def on_trial_result(
-        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-    ) -> None:
-        recorder, progress = self._live()
-        epochs = result.get(HISTORY) or ()
-        recorder.trial_result(trial.trial_id, result, epochs=epochs)
-        if progress:
-            progress.trial_result(trial.trial_id, result, epochs=epochs)
-
-    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        _, progress = self._live()
-        if progress:
-            # The staged error file, which Tune appends to on each failure: storage's copy (what
-            # ``trial.get_error()`` reads) is synced later and would name the failure before.
-            cause = _error_line(_error_text(trial))
-            progress.trial_retried(
-                trial.trial_id,
-                f"failure {trial.num_failures}" + (f" ({cause})" if cause else ""),
-                checkpointed=trial.checkpoint is not None,
-            )
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        recorder, _ = self._live()
-        last = trial.last_result or {}
-        # A trial that did not stop itself was stopped by the scheduler (its type is the reason;
-        # a callback pickled by an earlier version knew only ASHA).
-        reason = str(last.get("stop_reason") or getattr(self, "scheduler", "asha"))
-        if last.get("artifacts") and trial.checkpoint is not None:
-            with trial.checkpoint.as_directory() as directory:
-                recorder.log_trial_artifacts(trial.trial_id, Path(directory) / ARTIFACTS_DIR)
-        self._finish(trial, STATUS_BY_REASON.get(reason, "early_stopped"), reason)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._finish(trial, "failed", "error", error=_error_text(trial))
-
-    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        recorder, _ = self._live()
-        recorder.poll()
-
-    def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
-        recorder, progress = self._live()
-        if recorder.is_finished(trial.trial_id):
-            return  # finished before a crash; resumed, it only reported its end again
-        recorder.trial_finished(trial.trial_id, status=status, stop_reason=reason, error=error)
-        if progress:
-            epochs = int((trial.last_result or {}).get("epoch", 0))
-            progress.trial_finished(trial.trial_id, status=status, epochs=epochs)
-
-
-def _error_text(trial: Any) -> str:
-    """The trial's error trace. Tune writes it to the driver's staging folder first and syncs it
-    to storage later, so ``trial.get_error()`` (which reads storage) is often still None here."""
-    staged = trial.error_file
-    if staged and Path(staged).is_file():
-        return Path(staged).read_text(errors="replace")
-    return str(trial.get_error() or "")
-
-
-def _error_line(error: object) -> str:
-    """The root cause of a trial's error in one line: the last line of Ray's error text
-    (``trial.get_error()`` is the text of the trial's error file, a traceback)."""
-    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return redact(lines[-1]) if lines else ""  # shown on the terminal: a URL it names keeps no token
-
-
-def _results(grid: tune.ResultGrid | None) -> list[tune.Result]:
-    return [grid[i] for i in range(len(grid))] if grid is not None else []
-
-
 def _trial_seconds(grid: tune.ResultGrid | None) -> float:
     return sum(float(r.metrics.get("time_total_s", 0.0)) for r in _results(grid) if r.metrics)
 
@@ -703,3 +495,8 @@ def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
         if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
             return result.checkpoint.as_directory()
     return None
+
+
+# Tune pickles a sweep's callbacks with its state: sweeps started before the callback moved to
+# ``tune_events`` name it here.
+_TrackingCallback = TrackingCallback
