@@ -1,6 +1,6 @@
 """The only module that talks to MLflow: one parent run per sweep, one nested child run per trial.
 
-Run conventions (a contract, see README):
+Run conventions (a contract, see docs/mlflow.md):
 * parent run: tags ``hypersweep.role=sweep``, ``hypersweep.sweep_id``; params = sweep settings;
   artifact ``sweep.yaml`` (the resolved sweep); at the end metric ``best_<metric>``, tags
   ``hypersweep.best_trial`` / ``hypersweep.best_run_id`` and the best trial's weights.
