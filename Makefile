@@ -51,7 +51,7 @@ bench-warm-start: $(STAMP)
 bench-tables: $(STAMP)
 	$(PY) -m benchmarks.tables record
 
-# The shipped sweeps, each run as a user would (the README's table of results).
+# The shipped sweeps, each run as a user would (the table of results in docs/experiments.md).
 bench-experiments: $(STAMP)
 	$(PY) -m benchmarks.experiments
 

@@ -1,5 +1,5 @@
 """The shipped sweeps, each run as a user would: ``python -m benchmarks.experiments``
-(``make bench-experiments``). The README's table of the experiments' results comes from here.
+(``make bench-experiments``). Their table of results in docs/experiments.md comes from here.
 
 Each sweep file runs with its own settings (``--set``/flags may shorten them) through the real CLI
 into a fresh SQLite store, and the result is read back from MLflow: the best trial's metric (the

@@ -1,9 +1,10 @@
-"""The README's cluster recipe, run as written on a machine that has never seen Ray.
+"""The documented cluster recipe, run as written on a machine that has never seen Ray.
 
-The bash block under "## A Ray cluster" is read from README.md and its commands run in one bash
-(``set -e``: every line must succeed), with ``HOME`` an empty folder (no ``~/.ray/auth_token``)
-and the working folder a fresh copy of the project's ``experiments/`` and ``search_spaces/``,
-so the relative paths of the recipe (``experiments/...``, ``./runs``, ``mlflow.db``) resolve there.
+The bash block under "## A Ray cluster" is read from docs/cluster.md (the README links to it) and
+its commands run in one bash (``set -e``: every line must succeed), with ``HOME`` an empty folder
+(no ``~/.ray/auth_token``) and the working folder a fresh copy of the project's ``experiments/``
+and ``search_spaces/``, so the relative paths of the recipe (``experiments/...``, ``./runs``,
+``mlflow.db``) resolve there.
 
 What differs from a user's terminal, and why:
 - the ports: 6379 and 5001 become free ports, so the test meets no other Ray or MLflow here;
@@ -40,11 +41,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 _BLOCK_TIMEOUT_S = 780
 
 
-def readme_cluster_block() -> str:
-    text = (ROOT / "README.md").read_text()
+RECIPE_PAGE = ROOT / "docs" / "cluster.md"
+
+
+def cluster_recipe_block() -> str:
+    text = RECIPE_PAGE.read_text()
     section = text.split("\n## A Ray cluster\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"^```bash\n(.*?)^```", section, re.S | re.M)
-    assert match, "no bash block under '## A Ray cluster'"
+    assert match, f"no bash block under '## A Ray cluster' in {RECIPE_PAGE}"
     return match.group(1)
 
 
@@ -62,7 +66,7 @@ def split_at_sweep(lines: list[str]) -> tuple[list[str], list[str]]:
 
 
 def test_the_block_is_read_whole() -> None:
-    run, stop = split_at_sweep(commands(readme_cluster_block()))
+    run, stop = split_at_sweep(commands(cluster_recipe_block()))
     assert run[0] == "export RAY_AUTH_MODE=token"
     assert "--address 127.0.0.1:6379" in run[-1] and "--tracking-uri http://127.0.0.1:5001" in run[-1]
     # After the sweep only the stop lines, which the test replaces (see above); ray stop among them.
@@ -91,7 +95,7 @@ def tag() -> Iterator[Tag]:
 
 
 def test_the_cluster_recipe_runs_on_a_fresh_machine(tag: Tag, tmp_path: Path) -> None:
-    run, _ = split_at_sweep(commands(readme_cluster_block()))
+    run, _ = split_at_sweep(commands(cluster_recipe_block()))
     ray_port, mlflow_port = free_port(), free_port()
     script = "\n".join(
         re.sub(r"\b5001\b", str(mlflow_port), re.sub(r"\b6379\b", str(ray_port), line)) for line in run

@@ -2,7 +2,7 @@
 
 Its face is what the rest of hypersweep uses; each module has one job:
 
-* ``conventions``: the run conventions (tags, params, metrics; a contract, see README);
+* ``conventions``: the run conventions (tags, params, metrics; a contract, see docs/mlflow.md);
 * ``store``: where the tracking store is, and whether it answers;
 * ``recorder``: what Ray Tune's events mean for the sweep's runs (``SweepRecorder``);
 * ``sender``: sending them, batched, through outages and refused writes, never holding up Tune;

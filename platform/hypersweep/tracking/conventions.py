@@ -1,5 +1,5 @@
 """The run conventions: the tags, params and metrics that make a sweep's runs readable, in the
-MLflow UI and by ``hypersweep best``/``report``/``replay`` (a contract, see README)."""
+MLflow UI and by ``hypersweep best``/``report``/``replay`` (a contract, see docs/mlflow.md)."""
 
 from __future__ import annotations
 
