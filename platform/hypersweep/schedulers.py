@@ -16,6 +16,7 @@ replayed state once Tune has re-added the trials it restored, so they do not cou
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -125,7 +126,7 @@ class _Journal:
         return {"path": self.path, "applied": self.applied, "_file": None}
 
 
-class _Durable(TrialScheduler):
+class _Durable(TrialScheduler, metaclass=abc.ABCMeta):
     """What both durable schedulers share: the journal, the replay and the clean-up after it."""
 
     _metric: str | None  # Ray's, set from Tune's config
@@ -186,14 +187,17 @@ class _Durable(TrialScheduler):
         if lost:
             self._forget(lost)
 
+    @abc.abstractmethod
     def _apply(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """One journaled event, applied to the state as Ray's scheduler would have."""
 
+    @abc.abstractmethod
     def _known_trials(self) -> set[str]:
-        raise NotImplementedError
+        """Every trial the state holds anything of."""
 
+    @abc.abstractmethod
     def _forget(self, trial_ids: set[str]) -> None:
-        raise NotImplementedError
+        """Take these trials out of the state."""
 
 
 def _result(result: dict[str, Any], metric: str) -> dict[str, Any] | None:
