@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from hypersweep.errors import ConfigError, first_line, write_crash_report
 from hypersweep.redaction import redact
@@ -221,7 +220,9 @@ def _end(spec: Any, outcome: Any) -> None:
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    _print_outcome(spec, outcome)
+    from hypersweep.console import print_outcome
+
+    print_outcome(_out, spec, outcome)
     if outcome.unsent:
         click.echo(
             f"warning: the tracking server did not answer ({outcome.tracking_error}); "
@@ -231,47 +232,6 @@ def _end(spec: Any, outcome: Any) -> None:
         )
         sys.exit(EXIT_UNSENT)
     sys.exit(EXIT_NO_VALID_TRIAL if outcome.failed else EXIT_OK)
-
-
-def _print_outcome(spec: Any, outcome: Any) -> None:
-    from hypersweep.console import print_report
-    from hypersweep.tracking import redact_settings
-
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
-    _out.print(
-        f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
-        f"trial time {outcome.trial_seconds:.1f} s"
-    )
-    if outcome.cpu_fallbacks:
-        _out.print(
-            f"[yellow]warning: {outcome.cpu_fallbacks} trial(s) asked for a GPU, found no CUDA device and"
-            " trained on the CPU (tag hypersweep.device=cpu-fallback)[/]"
-        )
-    if outcome.first_error:
-        _out.print(f"[red]first trial error:[/] {outcome.first_error}")
-    if outcome.tune_log:  # Tune's own warnings and errors, kept off the terminal
-        _out.print(f"[yellow]{escape(outcome.tune_log)}[/]")
-    if outcome.dropped:
-        _out.print(
-            f"[yellow]warning: MLflow refused {outcome.dropped} write(s), each named in its run's tag "
-            f"hypersweep.dropped; the first: {escape(outcome.first_dropped)}[/]"
-        )
-    if outcome.best is None:
-        _out.print("[red]no trial finished with a valid result[/]")
-    else:
-        best = outcome.best
-        _out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
-        shown = redact_settings(best.config)  # the sweep's fixed values ride along: a token
-        _out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(shown.items())))
-        _out.print(f"  MLflow run: {best.run_id}")
-    print_report(_out, outcome.report, error=outcome.report_error)
-    _out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
-    _out.print(f"trial state: {outcome.storage_path}")
-    _out.print(f"compare the runs: hypersweep ui --tracking-uri {outcome.tracking_uri}")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from hypersweep import scoring
+from hypersweep.redaction import redact_settings
 
 
 class Progress:
@@ -155,4 +156,44 @@ def print_report(out: Console, summary: Any, *, error: str = "") -> None:
 
 
 def _brief(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_outcome(out: Console, spec: Any, outcome: Any) -> None:
+    """The summary of a finished sweep (``tuning.SweepOutcome``), as `run` and `resume` print it."""
+
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.statuses.items()))
+    out.print(
+        f"trials: {sum(outcome.statuses.values())} ({counts})  wall {outcome.wall_seconds:.1f} s, "
+        f"trial time {outcome.trial_seconds:.1f} s"
+    )
+    if outcome.cpu_fallbacks:
+        out.print(
+            f"[yellow]warning: {outcome.cpu_fallbacks} trial(s) asked for a GPU, found no CUDA device and"
+            " trained on the CPU (tag hypersweep.device=cpu-fallback)[/]"
+        )
+    if outcome.first_error:
+        out.print(f"[red]first trial error:[/] {outcome.first_error}")
+    if outcome.tune_log:  # Tune's own warnings and errors, kept off the terminal
+        out.print(f"[yellow]{escape(outcome.tune_log)}[/]")
+    if outcome.dropped:
+        out.print(
+            f"[yellow]warning: MLflow refused {outcome.dropped} write(s), each named in its run's tag "
+            f"hypersweep.dropped; the first: {escape(outcome.first_dropped)}[/]"
+        )
+    if outcome.best is None:
+        out.print("[red]no trial finished with a valid result[/]")
+    else:
+        best = outcome.best
+        out.print(f"best trial [bold]{best.trial_id}[/]: {spec.metric} = {best.value:.5g}")
+        shown = redact_settings(best.config)  # the sweep's fixed values ride along: a token
+        out.print("  config: " + "  ".join(f"{k}={_short(v)}" for k, v in sorted(shown.items())))
+        out.print(f"  MLflow run: {best.run_id}")
+    print_report(out, outcome.report, error=outcome.report_error)
+    out.print(f"sweep id: {outcome.sweep_id}  parent run: {outcome.parent_run_id}")
+    out.print(f"trial state: {outcome.storage_path}")
+    out.print(f"compare the runs: hypersweep ui --tracking-uri {outcome.tracking_uri}")
+
+
+def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)

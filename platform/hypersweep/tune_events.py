@@ -10,6 +10,7 @@ from ray import tune
 
 from hypersweep.console import Progress
 from hypersweep.tracking import (
+    BestTrial,
     SweepRecorder,
     redact,
 )
@@ -130,3 +131,17 @@ def error_line(error: object) -> str:
 
 def results(grid: tune.ResultGrid | None) -> list[tune.Result]:
     return [grid[i] for i in range(len(grid))] if grid is not None else []
+
+
+def trial_seconds(grid: tune.ResultGrid | None) -> float:
+    return sum(float(r.metrics.get("time_total_s", 0.0)) for r in results(grid) if r.metrics)
+
+
+def checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
+    """The best trial's last checkpoint as a local directory context; its model.pt = best weights."""
+    if best is None:
+        return None
+    for result in results(grid):
+        if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
+            return result.checkpoint.as_directory()
+    return None

@@ -58,9 +58,8 @@ from hypersweep.tracking.template import sqlite_path
 from hypersweep.trial import FALLBACK_DEVICE
 from hypersweep.tune_events import LIVE as _LIVE
 from hypersweep.tune_events import STATUS_BY_REASON as STATUS_BY_REASON
-from hypersweep.tune_events import TrackingCallback
+from hypersweep.tune_events import TrackingCallback, checkpoint_of, trial_seconds
 from hypersweep.tune_events import error_line as _error_line
-from hypersweep.tune_events import results as _results
 from hypersweep.tune_events import settle as _settle
 from hypersweep.tuner import build_tuner as build_tuner
 from hypersweep.tuner import trainable_of as _trainable_of
@@ -448,7 +447,7 @@ class _Sweep:
             if interrupted:
                 recorder.suspend()
             else:
-                with _checkpoint_of(results, best) or contextlib.nullcontext() as best_dir:
+                with checkpoint_of(results, best) or contextlib.nullcontext() as best_dir:
                     best = recorder.finish_sweep(
                         best_weights=Path(best_dir) / "model.pt" if best_dir else None, failed=best is None
                     )
@@ -469,7 +468,7 @@ class _Sweep:
             best=best,
             statuses=recorder.statuses(),
             wall_seconds=wall,
-            trial_seconds=_trial_seconds(results),
+            trial_seconds=trial_seconds(results),
             cpu_fallbacks=recorder.count_tagged("hypersweep.device", FALLBACK_DEVICE),
             first_error=_error_line(recorder.first_error()),
             interrupted=interrupted,
@@ -481,20 +480,6 @@ class _Sweep:
             report=report,
             report_error=report_error,
         )
-
-
-def _trial_seconds(grid: tune.ResultGrid | None) -> float:
-    return sum(float(r.metrics.get("time_total_s", 0.0)) for r in _results(grid) if r.metrics)
-
-
-def _checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
-    """The best trial's last checkpoint as a local directory context; its model.pt = best weights."""
-    if best is None:
-        return None
-    for result in _results(grid):
-        if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
-            return result.checkpoint.as_directory()
-    return None
 
 
 # Tune pickles a sweep's callbacks with its state: sweeps started before the callback moved to
