@@ -111,7 +111,7 @@ def test_the_metric_name_rule_is_mlflows(name: str) -> None:
     except MlflowException:
         mlflow_takes = False
     try:
-        _check_metric_names(Named, "s.yaml")
+        _check_metric_names(Named.metric_names, "Named", "s.yaml")
         ours = True
     except Exception:
         ours = False

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import posixpath
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,15 +17,21 @@ import torch
 
 from hypersweep.errors import ConfigError, first_line, not_one_of
 from hypersweep.experiment import Data, Experiment
+from hypersweep.handle import METRICS_ATTRIBUTE
 from hypersweep.trainer import OPTIMIZERS, TRAINER_DEFAULTS, make_optimizer
 
 if TYPE_CHECKING:  # workers import this module; keep pydantic and Optuna out of their start-up
     from hypersweep.config import SweepSpec
 
 
-def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type[Experiment]:
-    """Import ``module:Class`` with ``roots`` on sys.path; ConfigError naming the key otherwise."""
-    module_name, _, class_name = path.partition(":")
+# What a sweep's ``experiment:`` names: an Experiment class, or a function train(config, trial).
+Target = type[Experiment] | Callable[..., Any]
+
+
+def resolve_target(path: str, roots: list[str], *, source: str = "") -> Target:
+    """Import ``module:name`` with ``roots`` on sys.path: an ``Experiment`` subclass, or a
+    function that can be called as ``train(config, trial)``; ConfigError naming the key otherwise."""
+    module_name, _, name = path.partition(":")
     for root in reversed(roots):
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -37,26 +45,68 @@ def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type
     except Exception as exc:  # the user's module ran code that failed at import time
         what = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConfigError(source, "experiment", f"importing '{module_name}' failed: {what}") from None
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Experiment)):
-        what = "not found" if cls is None else "not an Experiment subclass"
-        raise ConfigError(source, "experiment", f"'{class_name}' in '{module_name}' is {what}")
-    return cls
+    target = getattr(module, name, None)
+    if isinstance(target, type) and issubclass(target, Experiment):
+        return target
+    if callable(target) and not isinstance(target, type):
+        function: Callable[..., Any] = target
+        _check_signature(function, f"'{name}' in '{module_name}'", source)
+        return function
+    what = "not found" if target is None else "neither an Experiment subclass nor a function"
+    raise ConfigError(source, "experiment", f"'{name}' in '{module_name}' is {what}")
 
 
-def check_experiment(spec: SweepSpec) -> type[Experiment]:
-    """Import the sweep's experiment; check its metric is reported and its optimizers exist."""
+def _check_signature(fn: Callable[..., Any], shown: str, source: str) -> None:
+    """A function trial is called as ``fn(config, trial)``: its signature must take that."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or an object without one: try it as it is
+        return
+    try:
+        signature.bind(object(), object())
+    except TypeError:
+        raise ConfigError(
+            source, "experiment", f"{shown} cannot be called as train(config, trial): it takes {signature}"
+        ) from None
+
+
+def is_function(target: Target) -> bool:
+    return not isinstance(target, type)
+
+
+def resolve_experiment(path: str, roots: list[str], *, source: str = "") -> type[Experiment]:
+    """``resolve_target`` where only an ``Experiment`` class will do."""
+    target = resolve_target(path, roots, source=source)
+    if not isinstance(target, type):
+        raise ConfigError(source, "experiment", f"'{path}' is a function, not an Experiment subclass")
+    return target
+
+
+def check_experiment(spec: SweepSpec) -> Target:
+    """Import the sweep's experiment (or function); check its metric is reported (as far as a
+    function declares its metrics, see ``handle.reports``) and its optimizers exist."""
     from hypersweep.config import import_roots  # the caller has it loaded already (spec)
 
     source = str(spec.source)
-    cls = resolve_experiment(spec.experiment, import_roots(spec.source), source=source)
-    known = ("train_loss", "val_loss", *cls.metric_names)
-    if spec.metric not in known:
-        raise ConfigError(source, "metric", f"'{spec.metric}' is not reported; known: {', '.join(known)}")
+    target = resolve_target(spec.experiment, import_roots(spec.source), source=source)
+    if is_function(target):
+        declared = getattr(target, METRICS_ATTRIBUTE, None)
+        if declared is not None:
+            _check_metric(spec, ("train_loss", "val_loss", *declared))
+            _check_metric_names(declared, getattr(target, "__name__", "the function"), source)
+        return target
+    assert isinstance(target, type) and issubclass(target, Experiment)
+    _check_metric(spec, ("train_loss", "val_loss", *target.metric_names))
     _check_optimizers(spec)
-    _check_configure(cls, spec)
-    _check_metric_names(cls, source)
-    return cls
+    _check_configure(target, spec)
+    _check_metric_names(target.metric_names, target.__name__, source)
+    return target
+
+
+def _check_metric(spec: SweepSpec, known: tuple[str, ...]) -> None:
+    if spec.metric not in known:
+        problem = f"'{spec.metric}' is not reported; known: {', '.join(known)}"
+        raise ConfigError(str(spec.source), "metric", problem)
 
 
 # MLflow's rule for metric names (mlflow/utils/validation.py: validate_param_and_metric_name,
@@ -65,15 +115,15 @@ def check_experiment(spec: SweepSpec) -> type[Experiment]:
 _METRIC_NAME = re.compile(r"^[/\w.\- :]*$")
 
 
-def _check_metric_names(cls: type[Experiment], source: str) -> None:
+def _check_metric_names(names: Sequence[str], owner: str, source: str) -> None:
     """A metric MLflow would refuse to record is bad input, where the experiment declares it."""
-    for name in cls.metric_names:
+    for name in names:
         normal = posixpath.normpath(name)
         if not _METRIC_NAME.match(name) or normal != name or normal.startswith(("..", "/")) or normal == ".":
             raise ConfigError(
                 source,
                 "experiment",
-                f"{cls.__name__} reports a metric MLflow cannot record: '{name}' (names hold letters, "
+                f"{owner} reports a metric MLflow cannot record: '{name}' (names hold letters, "
                 "digits, _ - . : / and spaces, and are not paths that resolve elsewhere)",
             )
 
@@ -102,11 +152,14 @@ class SweepData:
     data: Data
 
 
-def load_sweep_data(spec: SweepSpec, roots: list[str]) -> SweepData:
+def load_sweep_data(spec: SweepSpec, roots: list[str]) -> SweepData | None:
     """The sweep's experiment and data, loaded once (by the driver, which ships both to every
     worker). A loader that fails is the sweep's input at fault (a missing file, a bad fixed
-    value), and so is an experiment that cannot be sent to the workers: ConfigError."""
-    cls = resolve_experiment(spec.experiment, roots, source=str(spec.source))
+    value), and so is an experiment that cannot be sent to the workers: ConfigError. None for
+    a function trial, which loads its own data."""
+    cls = resolve_target(spec.experiment, roots, source=str(spec.source))
+    if not isinstance(cls, type):
+        return None
     experiment = cls()
     experiment.configure(dict(spec.fixed))
     try:

@@ -25,6 +25,7 @@ StopReason = Literal["completed", "patience", "diverged"]
 
 # Keys the trainer reads from a trial's config (the rest is the experiment's).
 TRAINER_DEFAULTS: Mapping[str, Any] = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32}
+MODEL_FILE = "model.pt"  # in a trial's checkpoint: its best weights (the sweep's best_model)
 _EVAL_CHUNK = 4096  # rows per forward pass when evaluating (bounds eval memory)
 
 
@@ -291,35 +292,17 @@ class _Loop:
         scaler.update()
 
     def _stop_reason(self, metrics: Mapping[str, Any]) -> StopReason | None:
-        val, train = float(metrics["val_loss"]), float(metrics["train_loss"])
-        limit = self.settings.divergence_factor * max(abs(self.state.initial_loss), 1e-8)
-        if not (math.isfinite(val) and math.isfinite(train)) or max(val, train) > limit:
-            return "diverged"
-        self._keep_if_best(metrics.get(self.settings.metric))
-        if val < self.state.best_val_loss - self.settings.min_delta:
-            self.state.best_val_loss = val
-            self.state.bad_epochs = 0
-            return None
-        self.state.bad_epochs += 1
-        patience = self.settings.patience
-        return "patience" if patience is not None and self.state.bad_epochs >= patience else None
-
-    def _keep_if_best(self, value: Any) -> None:
-        """Keep this epoch's weights if it scores best so far on the sweep's metric: the weights
-        saved as the trial's model.pt and given to the experiment's artifacts."""
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return
-        best = self.state.best_score
-        if math.isnan(best) or (value < best if self.settings.mode == "min" else value > best):
-            self.state.best_score = float(value)
+        reason, best = judge(self.state, self.settings, metrics)
+        if best:  # the weights saved as the trial's model.pt and given to the experiment's artifacts
             self.state.best_model = _cpu_copy(self.model.state_dict())
+        return reason
 
     def _snapshot(self) -> TrainerState:
         snap = copy.copy(self.state)
         snap.model = _cpu_copy(self.model.state_dict())
         # On the CPU, whatever device trained: a checkpoint resumes on any node (a retry may land
         # on one without CUDA), and saving it takes no GPU memory. load_state_dict moves it back.
-        snap.optimizer = _cpu_tree(self.optimizer.state_dict())
+        snap.optimizer = cpu_tree(self.optimizer.state_dict())
         snap.rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         device = next(self.model.parameters(), torch.empty(0)).device
         if device.type == "cuda":
@@ -328,6 +311,49 @@ class _Loop:
             snap.rng["cuda"] = torch.cuda.get_rng_state(device)
         snap.scaler = self.precision.scaler.state_dict() if self.precision.scaler.is_enabled() else {}
         return snap
+
+
+def judge(
+    state: TrainerState, settings: TrainSettings, metrics: Mapping[str, Any]
+) -> tuple[StopReason | None, bool]:
+    """One epoch's verdict: (why the trial must stop now, or None; whether this epoch scores best
+    so far on the sweep's metric). Updates the state's counters. Shared by the generic loop and
+    function trials (``handle``), so both stop alike.
+
+    Diverged: a loss that is not finite, or above ``divergence_factor`` times the reference
+    (``state.initial_loss``). Patience: ``val_loss`` has not improved by ``min_delta`` for
+    ``patience`` epochs. A loss the epoch does not report is not judged.
+    """
+    losses = [float(metrics[k]) for k in ("train_loss", "val_loss") if _is_number(metrics.get(k))]
+    limit = settings.divergence_factor * max(abs(state.initial_loss), 1e-8)
+    if not all(math.isfinite(v) for v in losses) or any(v > limit for v in losses):
+        return "diverged", False
+    best = _improves(state, settings, metrics.get(settings.metric))
+    if not _is_number(metrics.get("val_loss")):
+        return None, best
+    val = float(metrics["val_loss"])
+    if val < state.best_val_loss - settings.min_delta:
+        state.best_val_loss = val
+        state.bad_epochs = 0
+        return None, best
+    state.bad_epochs += 1
+    patience = settings.patience
+    return ("patience" if patience is not None and state.bad_epochs >= patience else None), best
+
+
+def _improves(state: TrainerState, settings: TrainSettings, value: Any) -> bool:
+    """Whether ``value`` of the sweep's metric is the best so far (then kept as best_score)."""
+    if not _is_number(value) or not math.isfinite(value):
+        return False
+    best = state.best_score
+    if math.isnan(best) or (value < best if settings.mode == "min" else value > best):
+        state.best_score = float(value)
+        return True
+    return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _evaluate(experiment: Experiment, model: nn.Module, split: Split) -> tuple[float, dict[str, float]]:
@@ -354,14 +380,14 @@ def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def _cpu_tree(value: Any) -> Any:
+def cpu_tree(value: Any) -> Any:
     """A deep copy of an optimizer's state dict (nested dicts and lists) with tensors on the CPU."""
     if isinstance(value, Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
-        return {k: _cpu_tree(v) for k, v in value.items()}
+        return {k: cpu_tree(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_cpu_tree(v) for v in value)
+        return type(value)(cpu_tree(v) for v in value)
     return copy.deepcopy(value)
 
 

@@ -23,9 +23,10 @@ from ray.tune.result import DONE
 from hypersweep import scoring
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import SweepData, resolve_experiment
-from hypersweep.trainer import TrainerState, TrainSettings, fit
+from hypersweep.trainer import MODEL_FILE, TrainerState, TrainSettings, fit
 
 ARTIFACTS_DIR = "artifacts"  # inside a trial's last checkpoint: the experiment's files
+TRAINER_FILE = "trainer.pt"  # and its state (its best weights: trainer.MODEL_FILE)
 FALLBACK_DEVICE = "cpu-fallback"  # a trial that asked for a GPU and found no CUDA device
 HISTORY = "history"  # in a Tune result: every epoch since the previous report, oldest first
 EPOCH_TIME = "epoch_time_ms"  # in each epoch of HISTORY: when it ended (tracking.EPOCH_TIME)
@@ -51,6 +52,12 @@ class TrialJob:
     checkpoint_every_s: float = 0.0  # at most this long between checkpoints (0: every report)
     # On resume: trials the driver's records show finished -> their final result (see trainable).
     finished: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A function trial (``experiment`` names a function, see ``handle``): the sweep's fixed values
+    # for its handle, and where its own MLflow calls go (``function_trial``).
+    function: bool = False
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    tracking_uri: str = ""
+    run_board: str = ""  # the name of the sweep's ``run_board`` actor ("" if none)
 
 
 # Per worker process (trials reuse it): the experiment and its data on each device used.
@@ -66,10 +73,21 @@ def trainable(config: dict[str, Any], job: TrialJob) -> None:
         return
     torch.set_num_threads(job.threads)
     device, label = _device(job.gpus, allow_cpu_fallback=job.allow_cpu_fallback)
-    experiment, data = _experiment_and_data(job, device)
     # Where the trial ran, on every result: the driver records it as tags of the trial's run.
     where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
-    fit(experiment, data, config, replace(job.settings, device=str(device)), _TuneReporter(job, where))
+    settings = replace(job.settings, device=str(device))
+    if job.function:
+        from hypersweep.function_trial import run_function  # not imported for Experiment trials
+
+        run_function(config, job, settings, _TuneReporter(job, where))
+        return
+    experiment, data = _experiment_and_data(job, device)
+    fit(experiment, data, config, settings, _TuneReporter(job, where))
+
+
+def _trainer_files(state: TrainerState) -> dict[str, Any]:
+    """An Experiment trial's checkpoint: its whole state, and its best weights as model.pt."""
+    return {TRAINER_FILE: state.to_dict(), MODEL_FILE: state.best_model or state.model}
 
 
 def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:
@@ -119,24 +137,35 @@ class _TuneReporter:
         self._result = scoring.NONE_YET  # the trial's result so far (see scoring)
 
     def restore(self) -> TrainerState | None:
+        saved = self.load(TRAINER_FILE)
+        if saved is None:
+            return None
+        state = TrainerState.from_dict(saved)
+        self.resume_result(state.best_score)
+        return state
+
+    def load(self, name: str, *, weights_only: bool = True) -> Any:
+        """File ``name`` of the trial's checkpoint (None without one). ``weights_only=False`` only
+        for a file this trial wrote itself: a function trial's state may hold any object."""
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
             # map_location: checkpoints written before they were kept on the CPU may hold CUDA
             # tensors, and a retry may run where there is no CUDA device.
-            state = TrainerState.from_dict(
-                torch.load(Path(directory) / "trainer.pt", weights_only=True, map_location="cpu")
-            )
-        self._result = state.best_score  # the epochs before the checkpoint count too
-        return state
+            return torch.load(Path(directory) / name, weights_only=weights_only, map_location="cpu")
+
+    def resume_result(self, best: float) -> None:
+        """The trial's result so far, from its checkpoint: the epochs before it count too."""
+        self._result = best
 
     def report(
         self,
         metrics: dict[str, Any],
-        state: Callable[[], TrainerState],
+        state: Callable[[], TrainerState | Mapping[str, Any]],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
+        """``state()``: the trainer's state, or the files of a function trial's checkpoint."""
         self._pending.append({**metrics, EPOCH_TIME: int(time.time() * 1000)})  # as measured
         if metrics.get("stop_reason") != "diverged":
             self._result = scoring.better(self._result, metrics.get(self.job.metric), self.job.mode)
@@ -156,9 +185,10 @@ class _TuneReporter:
             return
         self._last_checkpoint = now
         snapshot = state()
+        files = snapshot if isinstance(snapshot, Mapping) else _trainer_files(snapshot)
         with tempfile.TemporaryDirectory(prefix="hypersweep-ckpt-") as directory:
-            torch.save(snapshot.to_dict(), Path(directory) / "trainer.pt")
-            torch.save(snapshot.best_model or snapshot.model, Path(directory) / "model.pt")
+            for name, content in files.items():
+                torch.save(content, Path(directory) / name)
             for name, content in (artifacts or {}).items():
                 target = Path(directory) / ARTIFACTS_DIR / name
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from typing import Any
 from ray import tune
 
 from hypersweep.console import Progress
+from hypersweep.run_board import RunBoard
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
@@ -21,6 +22,8 @@ STATUS_BY_REASON = {"completed": "completed", "patience": "early_stopped", "dive
 # Live driver-side objects of the sweeps in this process. Tune pickles its callbacks with the
 # experiment state, so a callback holds only the sweep id and finds these through it.
 LIVE: dict[str, tuple[SweepRecorder, Progress | None]] = {}
+# A sweep of function trials: where its trials' run ids are published (see ``run_board``).
+BOARDS: dict[str, RunBoard] = {}
 
 
 def settle(recorder: SweepRecorder, grid: tune.ResultGrid, scheduler: str) -> None:
@@ -102,6 +105,9 @@ class TrackingCallback(tune.Callback):
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         recorder, _ = self._live()
         recorder.poll()
+        board = BOARDS.get(self.sweep_id)
+        if board is not None:
+            board.publish(recorder.open_run_ids())
 
     def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
         recorder, progress = self._live()

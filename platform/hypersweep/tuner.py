@@ -16,6 +16,8 @@ from hypersweep.config import SweepSpec
 from hypersweep.manifest import (
     storage_path,
 )
+from hypersweep.registry import is_function, resolve_target
+from hypersweep.run_board import board_name
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.trainer import TrainSettings
@@ -32,11 +34,13 @@ def build_tuner(
     callbacks: list[tune.Callback],
     folder: Path,
     seeded: Sequence[optuna.trial.FrozenTrial] = (),
+    tracking_uri: str = "",
 ) -> tune.Tuner:
     """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
-    the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start)."""
+    the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start);
+    ``tracking_uri``: where a function trial's own MLflow calls go."""
     return tune.Tuner(
-        trainable_of(spec, roots, data),
+        trainable_of(spec, roots, data, sweep_id=sweep_id, tracking_uri=tracking_uri),
         param_space=dict(spec.fixed),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -69,8 +73,15 @@ def build_tuner(
 
 
 def trainable_of(
-    spec: SweepSpec, roots: list[str], data: Any, finished: Mapping[str, Mapping[str, Any]] | None = None
+    spec: SweepSpec,
+    roots: list[str],
+    data: Any,
+    finished: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    sweep_id: str,
+    tracking_uri: str = "",
 ) -> Any:
+    function = is_function(resolve_target(spec.experiment, roots, source=str(spec.source)))
     job = TrialJob(
         experiment=spec.experiment,
         roots=tuple(roots),
@@ -95,6 +106,10 @@ def trainable_of(
         report_every_s=spec.training.report_every_s,
         checkpoint_every_s=spec.training.checkpoint_every_s,
         finished=dict(finished or {}),
+        function=function,
+        fixed=dict(spec.fixed),
+        tracking_uri=tracking_uri,
+        run_board=board_name(sweep_id) if function else "",
     )
     return tune.with_resources(
         tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)

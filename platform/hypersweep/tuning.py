@@ -41,13 +41,15 @@ from hypersweep.manifest import (
 )
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
-from hypersweep.registry import load_sweep_data, resolve_experiment
+from hypersweep.registry import is_function, load_sweep_data, resolve_target
 from hypersweep.report import at_sweep_end, import_charts_meanwhile
+from hypersweep.run_board import RunBoard
 from hypersweep.run_names import RunNames
 from hypersweep.tracking import (
     WARM_START_TAG,
     BestTrial,
     SweepRecorder,
+    absolute_uri,
     check_tracking_uri,
     redact,
     redact_settings,
@@ -55,10 +57,11 @@ from hypersweep.tracking import (
 )
 from hypersweep.tracking.process import ProcessClient
 from hypersweep.tracking.template import sqlite_path
+from hypersweep.trainer import MODEL_FILE
 from hypersweep.trial import FALLBACK_DEVICE
+from hypersweep.tune_events import BOARDS, TrackingCallback, checkpoint_of, trial_seconds
 from hypersweep.tune_events import LIVE as _LIVE
 from hypersweep.tune_events import STATUS_BY_REASON as STATUS_BY_REASON
-from hypersweep.tune_events import TrackingCallback, checkpoint_of, trial_seconds
 from hypersweep.tune_events import error_line as _error_line
 from hypersweep.tune_events import settle as _settle
 from hypersweep.tuner import build_tuner as build_tuner
@@ -129,7 +132,7 @@ def run_sweep(
     """
     roots = import_roots(spec.source)
     try:
-        resolve_experiment(spec.experiment, roots, source=str(spec.source))
+        resolve_target(spec.experiment, roots, source=str(spec.source))
         uri = resolve_tracking_uri(spec.tracking_uri)
         check_tracking_uri(uri, source=str(spec.source))
         check_storage_path(spec.storage, source=str(spec.source))
@@ -314,6 +317,7 @@ class _Sweep:
         self.trials = trials or str(folder)
         self.tracking_client: Any = None  # None: a real MlflowClient for the tracking URI
         self.data: Any = None  # ObjectRef of the sweep's SweepData (experiment + data), for every trial
+        self.function = is_function(resolve_target(spec.experiment, roots, source=str(spec.source)))
         self.warm: WarmStart | None = None
 
     @classmethod
@@ -364,6 +368,7 @@ class _Sweep:
                 callbacks=[TrackingCallback(self.sweep_id, self.spec.scheduler.type)],
                 folder=self.folder,
                 seeded=self.warm.trials if self.warm else (),
+                tracking_uri=absolute_uri(recorder.tracking_uri),
             )
             return self._fit(tuner, recorder, parent, progress, logged)
 
@@ -396,7 +401,14 @@ class _Sweep:
             recorder.resume()
             if progress is not None:
                 progress.finished.update(recorder.statuses())
-            trainable = _trainable_of(self.spec, self.roots, self.data, recorder.finished_results())
+            trainable = _trainable_of(
+                self.spec,
+                self.roots,
+                self.data,
+                recorder.finished_results(),
+                sweep_id=self.sweep_id,
+                tracking_uri=absolute_uri(uri),
+            )
             with tune_log.kept_in(self.folder) as logged:
                 tuner = tune.Tuner.restore(self.trials, trainable=trainable)
                 return self._fit(tuner, recorder, recorder.parent_run_id, progress, logged)
@@ -431,6 +443,8 @@ class _Sweep:
         (hypersweep.error), its whole worker traceback is in Tune's log file."""
         started = time.monotonic()
         _LIVE[self.sweep_id] = (recorder, progress)
+        if self.function:  # its trials' own MLflow calls need their run ids (``run_board``)
+            BOARDS[self.sweep_id] = RunBoard(self.sweep_id)
         results: tune.ResultGrid | None = None
         interrupted = True  # until fit() returns with every trial accounted for
         recorder.start_writer()
@@ -443,13 +457,16 @@ class _Sweep:
         finally:
             recorder.stop_writer()
             _LIVE.pop(self.sweep_id, None)
+            board = BOARDS.pop(self.sweep_id, None)
+            if board is not None:
+                board.close()
             best = recorder.best_trial() if not interrupted else None
             if interrupted:
                 recorder.suspend()
             else:
                 with checkpoint_of(results, best) or contextlib.nullcontext() as best_dir:
                     best = recorder.finish_sweep(
-                        best_weights=Path(best_dir) / "model.pt" if best_dir else None, failed=best is None
+                        best_weights=Path(best_dir) / MODEL_FILE if best_dir else None, failed=best is None
                     )
                 if not recorder.unsent and (self.folder / MANIFEST).is_file():
                     mark_finished(self.folder)

@@ -58,6 +58,7 @@ from hypersweep.tracking.sender import FINAL_WAIT_SECONDS as FINAL_WAIT_SECONDS
 from hypersweep.tracking.sender import BestTrial as BestTrial
 from hypersweep.tracking.sender import dropped_writes as dropped_writes
 from hypersweep.tracking.sender import refused as refused
+from hypersweep.tracking.store import absolute_uri as absolute_uri
 from hypersweep.tracking.store import check_tracking_uri as check_tracking_uri
 from hypersweep.tracking.store import require_existing_store as require_existing_store
 from hypersweep.tracking.store import resolve_tracking_uri as resolve_tracking_uri

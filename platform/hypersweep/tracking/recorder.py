@@ -187,6 +187,12 @@ class SweepRecorder(RunSender):
                 out[status] = out.get(status, 0) + 1
         return out
 
+    def open_run_ids(self) -> dict[str, str]:
+        """Trial -> run id of the trials not ended yet whose run exists."""
+        with self._lock:
+            runs = ((tid, self._trials.get(tid)) for tid in self._open)
+            return {tid: run.run_id for tid, run in runs if run is not None and run.run_id}
+
     def count_tagged(self, tag: str, value: str) -> int:
         """Trials whose run carries ``tag=value`` (e.g. how many fell back to the CPU)."""
         key = next((k for k, t in _WHERE_TAGS.items() if t == tag), tag)

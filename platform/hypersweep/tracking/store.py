@@ -75,6 +75,18 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return str(mlflow.get_tracking_uri())
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` as any process on this machine reads it, whatever its working folder: a SQLite
+    store or a plain path given relative to this one (MLflow's default is ``mlflow.db`` here)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+    if "://" not in uri and not uri.startswith("file:"):
+        return str(Path(uri).resolve())
+    return uri
+
+
 def require_existing_store(uri: str) -> None:
     """Reading from a SQLite store that does not exist would silently create an empty one."""
     if uri.startswith("sqlite:///"):

@@ -1,0 +1,90 @@
+"""Worker side of a function trial: the user's ``train(config, trial)`` inside a Ray worker.
+
+The function gets a ``handle.Trial`` whose sink is the trial's ``_TuneReporter``: its epochs go to
+Tune batched as an ``Experiment`` trial's do, with checkpoints at the scheduler's decision epochs.
+Its own MLflow calls (``mlflow.log_metric``, an autologger) land in the trial's child run: the
+run's id is set as ``MLFLOW_RUN_ID`` before the function starts, which MLflow's fluent API
+resumes on its first call (the driver's recorder creates the run; ``run_board`` hands its id over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from ray import tune
+
+from hypersweep.handle import TRIAL_FILE, Trial, TrialStopped
+from hypersweep.registry import resolve_target
+from hypersweep.run_board import run_id_of
+from hypersweep.trainer import TrainSettings
+
+_log = logging.getLogger(__name__)
+_RUN_ID_WAIT_S = 30.0  # the run is made within a second or two, unless the server is down
+
+
+class _TuneSink:
+    """``handle.Sink`` over the trial's reporter (``trial._TuneReporter``)."""
+
+    def __init__(self, reporter: Any) -> None:
+        self.reporter = reporter
+
+    def restore(self) -> Mapping[str, Any] | None:
+        saved: Mapping[str, Any] | None = self.reporter.load(TRIAL_FILE, weights_only=False)  # its own file
+        if saved is not None:
+            self.reporter.resume_result(float(saved.get("guard", {}).get("best_score", float("nan"))))
+        return saved
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], Mapping[str, Any]],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.reporter.report(metrics, state, artifacts)
+
+
+def run_function(config: dict[str, Any], job: Any, settings: TrainSettings, reporter: Any) -> None:
+    """Run the sweep's function on ``config`` (``job``: the sweep's ``trial.TrialJob``)."""
+    fn = resolve_target(job.experiment, list(job.roots))
+    assert callable(fn) and not isinstance(fn, type)  # checked before the sweep started
+    trial_id = tune.get_context().get_trial_id()
+    handle = Trial(settings=settings, fixed=job.fixed, trial_id=trial_id, sink=_TuneSink(reporter))
+    torch.manual_seed(settings.seed)  # as the generic loop seeds before it builds a model
+    # TrialStopped: patience or divergence ended it; its last epoch has gone with the reason.
+    with _in_trial_run(job, trial_id), contextlib.suppress(TrialStopped):
+        fn(dict(config), handle)
+    handle.close()
+
+
+@contextlib.contextmanager
+def _in_trial_run(job: Any, trial_id: str) -> Iterator[None]:
+    """MLflow's fluent API, if the function's module uses it, pointed at the trial's run.
+
+    Only when MLflow is loaded (the user's module imported it): the run id is waited for, and
+    other trials never pay for it. ``MLFLOW_RUN_ID`` is read (and removed) by MLflow when the
+    function first logs; the run is active in that thread alone, and Ray Tune gives every trial
+    a new thread, so no run stays active into the next trial a reused worker runs.
+    """
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")
+    before = {name: os.environ.get(name) for name in names}
+    run_id = None
+    if "mlflow" in sys.modules and job.run_board:
+        run_id = run_id_of(job.run_board, trial_id, timeout_s=_RUN_ID_WAIT_S)
+        if run_id is None:
+            _log.warning("trial %s: its MLflow run was not made in time; mlflow calls go elsewhere", trial_id)
+    try:
+        if run_id is not None:
+            os.environ.update(MLFLOW_TRACKING_URI=job.tracking_uri, MLFLOW_RUN_ID=run_id)
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,300 @@
+"""``hypersweep.Trial``: all a user's own training loop sees of the platform (a function trial).
+
+A sweep file's ``experiment:`` may name a plain function ``train(config, trial)`` instead of an
+``Experiment`` class. The function trains as it likes and tells the platform each epoch's
+results through ``trial.report``; it saves what it needs to continue with ``trial.checkpoint``
+and gets it back from ``trial.restore`` when a retry or a resumed sweep runs it again. The
+platform keeps for it what it keeps for an ``Experiment``: patience and the divergence guard
+(judged here, on the reported losses, as the generic loop judges them), the scheduler's stops,
+retries, resume, the MLflow run conventions.
+
+Plain Python and torch: no Ray, no MLflow. In a sweep the worker gives the handle a ``Sink`` that
+talks to Ray Tune (``function_trial``); ``Trial()`` made directly keeps everything in memory, so
+the function runs and tests on its own (``python -m my_package.train`` with a local handle).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import sys
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, TypeVar
+
+import torch
+
+from hypersweep.trainer import MODEL_FILE, StopReason, TrainerState, TrainSettings, cpu_tree, judge
+
+# Result keys the platform itself uses (its own and Ray Tune's): not names for a user's metric.
+RESERVED = frozenset(
+    {"epoch", "stop_reason", "artifacts", "done", "history", "device", "node_id", "node_ip", "trial_id"}
+    | {"epoch_time_ms", "timestamp", "training_iteration", "time_this_iter_s", "time_total_s"}
+)
+METRICS_ATTRIBUTE = "hypersweep_metrics"  # set by ``reports``: the metrics a function declares
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def reports(*names: str) -> Callable[[_F], _F]:
+    """Declare the metrics a function trial reports besides ``train_loss`` and ``val_loss``:
+
+    ``@hypersweep.reports("val_accuracy")`` above ``def train(config, trial)``. A sweep whose
+    ``metric`` the function declares it does not report is then bad input, refused at the start.
+    """
+
+    def declare(fn: _F) -> _F:
+        setattr(fn, METRICS_ATTRIBUTE, tuple(names))
+        return fn
+
+    return declare
+
+
+class TrialStopped(BaseException):
+    """Raised by ``Trial.report`` when patience or the divergence guard ends the trial.
+
+    A ``BaseException``, as ``SystemExit`` (which is how Ray Tune ends a function trial its
+    scheduler stops): a loop's ``except Exception`` does not swallow it, its ``finally`` runs.
+    """
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(f"the trial ended: {reason}")
+        self.reason = reason
+
+
+class Sink(Protocol):
+    """Where a handle sends its epochs: Ray Tune in a sweep (``function_trial``), memory alone."""
+
+    def restore(self) -> Mapping[str, Any] | None:
+        """What the last ``report`` with a checkpoint saved (``Trial._saved``), or None."""
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], Mapping[str, Any]],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """One epoch; ``state()`` gives the files of a checkpoint if the sink wants one."""
+
+
+class _Memory:
+    """The sink of a handle made outside a sweep: prints each epoch, keeps the last checkpoint."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.saved: Mapping[str, Any] | None = None
+
+    def restore(self) -> Mapping[str, Any] | None:
+        return self.saved
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], Mapping[str, Any]],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.saved = state()
+        if not self.quiet:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            end = f" ({metrics['stop_reason']})" if "stop_reason" in metrics else ""
+            print(f"epoch {metrics['epoch']}: {shown}{end}", file=sys.stderr)
+
+
+# When a checkpoint is taken relative to the report of its epoch: learnt from the function's
+# first calls (see ``Trial.checkpoint``) and kept with its checkpoints.
+_Order = Literal["unknown", "after", "before"]
+TRIAL_FILE = "trial.pt"  # a function trial's checkpoint: what it restores (and MODEL_FILE)
+
+
+class Trial:
+    """The handle a function trial gets: ``def train(config: dict, trial: hypersweep.Trial)``.
+
+    ``max_epochs``, ``seed``, ``device`` (the GPU Ray assigned the trial, or the CPU) and
+    ``fixed`` (the sweep's fixed values) are the sweep's. Made directly, ``Trial(max_epochs=5)``
+    runs a function outside any sweep, with the platform's default patience and divergence guard.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_epochs: int = 10,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        fixed: Mapping[str, Any] | None = None,
+        settings: TrainSettings | None = None,
+        trial_id: str = "local",
+        sink: Sink | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.settings = settings or TrainSettings(max_epochs=max_epochs, seed=seed, device=str(device))
+        self.fixed: Mapping[str, Any] = MappingProxyType(dict(fixed or {}))
+        self.trial_id = trial_id
+        self.history: list[dict[str, Any]] = []  # every epoch reported, as reported
+        self.stop_reason: StopReason | None = None  # why the trial ended; None while it goes on
+        self._sink: Sink = sink or _Memory(quiet=quiet)
+        self._guard = TrainerState()  # patience and divergence counters (no weights)
+        self._order: _Order = "unknown"
+        self._held: dict[str, Any] | None = None  # the last epoch, until its checkpoint comes
+        self._held_best = False  # whether the held epoch scores best so far on the sweep's metric
+        self._state: Any = None  # the last checkpoint's state (a copy), not yet given an epoch
+        self._saved: dict[str, Any] | None = None  # the checkpoint of an epoch: what a retry restores
+        self._best: Any = None  # the state checkpointed after the best epoch (the trial's model.pt)
+        self._best_epoch = 0
+        self._artifacts: dict[str, bytes] = {}
+        self._last_call = ""
+
+    # -- what the sweep gives the function -------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        return self.settings.max_epochs
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.settings.device)
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch reported (after ``restore``: the restored checkpoint's); 0 before any."""
+        return self._guard.epoch
+
+    # -- what the function gives the sweep -------------------------------------------------
+    def restore(self) -> Any:
+        """The state the trial last checkpointed, when a retry or a resumed sweep runs it again;
+        None on a fresh start. Continue from the epoch after ``trial.epoch``."""
+        saved = self._sink.restore()
+        if saved is None or saved.get("state") is None:
+            return None
+        self._guard = TrainerState(**saved["guard"])
+        self._order = saved.get("order", "unknown")
+        self._saved = dict(saved)
+        self._best, self._best_epoch = saved.get("best"), int(saved.get("best_epoch", 0))
+        return saved["state"]
+
+    def report(self, epoch: int, /, **metrics: float) -> None:
+        """One epoch's results: ``train_loss``, ``val_loss`` and the function's own metrics.
+
+        Returns while the trial goes on. Raises ``TrialStopped`` when patience or the divergence
+        guard ends it; when the sweep's scheduler stops it, Ray Tune ends the function its way
+        (``SystemExit`` from this call, or the call does not return).
+        """
+        if self.stop_reason is not None:
+            raise TrialStopped(self.stop_reason)
+        values = self._checked(epoch, metrics)
+        self._release()  # the epoch before goes now, with or without its checkpoint
+        if self._guard.epoch == 0:  # the divergence guard's reference: the first loss reported
+            first = values.get("val_loss", values.get("train_loss", math.nan))
+            self._guard.initial_loss = first if math.isfinite(first) else math.nan
+        self._guard.epoch = epoch
+        reason, best = judge(self._guard, self.settings, values)
+        if reason is None and epoch >= self.max_epochs:
+            reason = "completed"
+        values["epoch"] = epoch
+        if reason is not None:
+            values["stop_reason"] = reason
+        self.history.append(values)
+        self._held, self._held_best = values, best
+        self._last_call = "report"
+        if self._order == "before":
+            self._attach(self._state)
+        if reason in ("patience", "diverged"):
+            self._release()
+            self.stop_reason = reason
+            raise TrialStopped(reason)
+        if reason is not None:
+            self.stop_reason = reason
+        if self._order != "after":
+            self._release()
+
+    def checkpoint(self, state: Any) -> None:
+        """Keep ``state`` (state dicts, counters: anything ``torch.save`` takes) for ``restore``.
+
+        Call it each epoch, after ``report`` (or before it, each epoch alike): a checkpoint goes
+        with its epoch's report, so the epoch the scheduler judges, or a retry resumes, is the
+        state's. The state is copied (tensors to the CPU) at once: training on changes nothing.
+        """
+        copied = cpu_tree(state)
+        if self._order == "unknown":
+            self._order = "after" if self._last_call == "report" else "before"
+        self._last_call = "checkpoint"
+        if self._order == "after" and self._held is not None:
+            self._attach(copied)
+            self._release()
+        else:
+            self._state = copied
+
+    def log_artifact(self, name: str, content: bytes) -> None:
+        """A file (``name`` relative, e.g. ``plots/curve.png``) for the trial's MLflow run."""
+        normal = posixpath.normpath(name)
+        if not name or normal.startswith(("..", "/")) or normal == ".":
+            raise ValueError(f"artifact name '{name}' must be a relative path inside the run")
+        self._artifacts[normal] = bytes(content)
+
+    # -- the end ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """The function returned: its last epoch goes, marked the trial's end. A function that
+        reported nothing fails its trial."""
+        if not self.history:
+            raise RuntimeError(
+                "the training function returned without reporting an epoch: call"
+                " trial.report(epoch, val_loss=...) once per epoch"
+            )
+        last = self.history[-1]
+        if "stop_reason" not in last:  # it chose to end before max_epochs
+            last["stop_reason"] = self.stop_reason = "completed"
+            if self._held is None:  # sent already: its end goes as that epoch again
+                self._held, self._held_best = dict(last), False
+        self._release()
+
+    # -- inside ----------------------------------------------------------------------------
+    def _checked(self, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"epoch must be a whole number from 1 on, not {epoch!r}")
+        if epoch <= self._guard.epoch:
+            raise ValueError(
+                f"epoch {epoch} reported after epoch {self._guard.epoch}: epochs count up"
+                " (after trial.restore(), continue from trial.epoch + 1)"
+            )
+        values: dict[str, Any] = {}
+        for key, value in metrics.items():
+            if key in RESERVED:
+                raise ValueError(f"'{key}' is the platform's own result key: report it under another name")
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"metric '{key}' must be a number, not {type(value).__name__}")
+            values[key] = float(value)
+        return values
+
+    def _attach(self, state: Any) -> None:
+        """``state`` is the held epoch's: what a retry restores, and the trial's best if it is."""
+        if state is None or self._held is None:
+            return
+        self._state = None
+        if self._held_best:
+            self._best, self._best_epoch = state, self._held["epoch"]
+        self._saved = {
+            "state": state,
+            "guard": {k: v for k, v in self._guard.to_dict().items() if not isinstance(v, dict)},
+            "order": self._order,
+            "best": self._best,
+            "best_epoch": self._best_epoch,
+        }
+
+    def _release(self) -> None:
+        """Send the held epoch (with the artifacts so far, counted in its ``artifacts``)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._artifacts:
+            held["artifacts"] = len(self._artifacts)
+        self._sink.report(held, self._files, dict(self._artifacts))
+
+    def _files(self) -> dict[str, Any]:
+        """A checkpoint: the state to restore, and the best state as the trial's model."""
+        saved = self._saved or {"state": None}
+        best = saved.get("best")
+        return {TRIAL_FILE: saved, MODEL_FILE: best if best is not None else saved["state"]}
