@@ -109,7 +109,8 @@ def train(config: dict[str, Any], trial: hypersweep.Trial) -> None:  # hyperswee
 
 
 if __name__ == "__main__":  # the same function, outside any sweep
-    train(
+    hypersweep.Trial(max_epochs=10).run(
+        train,
         {
             "lr": 3e-3,
             "weight_decay": 0.01,
@@ -118,5 +119,4 @@ if __name__ == "__main__":  # the same function, outside any sweep
             "accumulate": 2,
             "warmup_epochs": 1,
         },
-        hypersweep.Trial(max_epochs=10),
     )

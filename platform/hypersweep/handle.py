@@ -78,10 +78,9 @@ class Sink(Protocol):
 
 
 class _Memory:
-    """The sink of a handle made outside a sweep: prints each epoch, keeps the last checkpoint."""
+    """The sink of a handle made outside a sweep: keeps the last checkpoint."""
 
-    def __init__(self, *, quiet: bool = False) -> None:
-        self.quiet = quiet
+    def __init__(self) -> None:
         self.saved: Mapping[str, Any] | None = None
 
     def restore(self) -> Mapping[str, Any] | None:
@@ -94,10 +93,6 @@ class _Memory:
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
         self.saved = state()
-        if not self.quiet:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            end = f" ({metrics['stop_reason']})" if "stop_reason" in metrics else ""
-            print(f"epoch {metrics['epoch']}: {shown}{end}", file=sys.stderr)
 
 
 # When a checkpoint is taken relative to the report of its epoch: learnt from the function's
@@ -131,7 +126,8 @@ class Trial:
         self.trial_id = trial_id
         self.history: list[dict[str, Any]] = []  # every epoch reported, as reported
         self.stop_reason: StopReason | None = None  # why the trial ended; None while it goes on
-        self._sink: Sink = sink or _Memory(quiet=quiet)
+        self._sink: Sink = sink or _Memory()
+        self._quiet = quiet or sink is not None  # a local handle prints each epoch
         self._guard = TrainerState()  # patience and divergence counters (no weights)
         self._order: _Order = "unknown"
         self._held: dict[str, Any] | None = None  # the last epoch, until its checkpoint comes
@@ -198,15 +194,16 @@ class Trial:
         self.history.append(values)
         self._held, self._held_best = values, best
         self._last_call = "report"
+        self._echo(values)
         if self._order == "before":
             self._attach(self._state)
-        if reason in ("patience", "diverged"):
-            self._release()
-            self.stop_reason = reason
-            raise TrialStopped(reason)
         if reason is not None:
+            # The trial's last epoch waits for the function's end (``close``): reported, it would
+            # end the trial in Ray Tune while the function's own last lines still run.
             self.stop_reason = reason
-        if self._order != "after":
+            if reason != "completed":
+                raise TrialStopped(reason)
+        elif self._order != "after":
             self._release()
 
     def checkpoint(self, state: Any) -> None:
@@ -222,7 +219,8 @@ class Trial:
         self._last_call = "checkpoint"
         if self._order == "after" and self._held is not None:
             self._attach(copied)
-            self._release()
+            if self.stop_reason is None:  # the last epoch waits for the function's end
+                self._release()
         else:
             self._state = copied
 
@@ -234,6 +232,18 @@ class Trial:
         self._artifacts[normal] = bytes(content)
 
     # -- the end ---------------------------------------------------------------------------
+    def run(
+        self, fn: Callable[[dict[str, Any], Trial], Any], config: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Call ``fn(config, self)`` as a sweep's worker does: a stop by patience or divergence
+        ends it quietly, and the trial ends with the function. Returns the epochs reported."""
+        try:
+            fn(dict(config), self)
+        except TrialStopped:
+            pass  # its reason is in stop_reason and in the last epoch reported
+        self.close()
+        return self.history
+
     def close(self) -> None:
         """The function returned: its last epoch goes, marked the trial's end. A function that
         reported nothing fails its trial."""
@@ -268,6 +278,12 @@ class Trial:
                 raise TypeError(f"metric '{key}' must be a number, not {type(value).__name__}")
             values[key] = float(value)
         return values
+
+    def _echo(self, values: Mapping[str, Any]) -> None:
+        if not self._quiet:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
+            end = f" ({values['stop_reason']})" if "stop_reason" in values else ""
+            print(f"epoch {values['epoch']}: {shown}{end}", file=sys.stderr)
 
     def _attach(self, state: Any) -> None:
         """``state`` is the held epoch's: what a retry restores, and the trial's best if it is."""

@@ -1,0 +1,18 @@
+"""A loop that already logs with MLflow's fluent API: its values belong in the trial's own run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+
+import hypersweep
+from tests.function_toy import toy_train
+
+
+def logs_itself(config: dict[str, Any], trial: hypersweep.Trial) -> None:
+    mlflow.log_param("own_param", "set by the loop")
+    mlflow.set_tag("own_tag", trial.trial_id)
+    toy_train(config, trial)
+    for epoch in range(1, trial.epoch + 1):
+        mlflow.log_metric("own_metric", epoch * 0.5, step=epoch)

@@ -1,0 +1,348 @@
+"""Function trials: a plain ``train(config, trial)`` swept with every platform feature kept.
+
+Unit tests drive ``hypersweep.Trial`` with a recording sink; the sweeps run the real CLI on local
+Ray with a real MLflow store (SQLite).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import hypersweep
+from hypersweep.handle import TRIAL_FILE, Trial, TrialStopped
+from hypersweep.trainer import MODEL_FILE, TrainSettings
+from tests.conftest import ROOT, hypersweep as cli
+from tests.mlflow_store import read_sweep
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Sink:
+    """Keeps every report and the checkpoint files it came with."""
+
+    def __init__(self, saved: Mapping[str, Any] | None = None) -> None:
+        self.sent: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.saved = saved
+
+    def restore(self) -> Mapping[str, Any] | None:
+        return self.saved
+
+    def report(
+        self,
+        metrics: dict[str, Any],
+        state: Callable[[], Mapping[str, Any]],
+        artifacts: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.sent.append((dict(metrics), dict(state())))
+
+    def epochs(self) -> list[int]:
+        return [m["epoch"] for m, _ in self.sent]
+
+
+def handle(sink: Sink, **settings: Any) -> Trial:
+    return Trial(settings=TrainSettings(**{"max_epochs": 5, "patience": None, **settings}), sink=sink)
+
+
+def test_a_local_trial_runs_a_function_alone() -> None:
+    from tests.function_toy import toy_train
+
+    trial = hypersweep.Trial(max_epochs=4, quiet=True)
+    assert trial.run(toy_train, {"lr": 0.05}) is trial.history
+    assert [e["epoch"] for e in trial.history] == [1, 2, 3, 4]
+    assert trial.stop_reason == "completed" and trial.history[-1]["stop_reason"] == "completed"
+    assert trial.history[-1]["val_loss"] < trial.history[0]["val_loss"]  # it learns
+
+
+def test_patience_ends_the_function_at_the_exact_epoch_and_passes_except_exception() -> None:
+    """val_loss best at epoch 2, then worse: patience 2 ends it at epoch 4, through the loop's
+    own ``except Exception`` (TrialStopped is a BaseException, as Ray's SystemExit)."""
+    sink = Sink()
+    trial = handle(sink, max_epochs=10, patience=2)
+    caught = []
+    with pytest.raises(TrialStopped) as stopped:
+        for epoch, val in enumerate([1.0, 0.5, 0.6, 0.7, 0.4, 0.3], start=1):
+            try:
+                trial.report(epoch, train_loss=val, val_loss=val)
+            except Exception as exc:  # a user's loop that catches everything it expects
+                caught.append(exc)
+    assert stopped.value.reason == "patience" and not caught
+    assert sink.epochs() == [1, 2, 3]  # the last epoch goes when the function has ended
+    trial.close()
+    assert sink.epochs() == [1, 2, 3, 4]
+    assert sink.sent[-1][0]["stop_reason"] == "patience"
+    with pytest.raises(TrialStopped):  # a report after the end ends it again
+        trial.report(5, val_loss=0.1)
+
+
+@pytest.mark.parametrize(
+    ("losses", "epochs"), [([1.0, math.nan], 2), ([1.0, 0.9, 10.5], 3), ([2.0, math.inf], 2)]
+)
+def test_the_divergence_guard_judges_the_reported_losses(losses: list[float], epochs: int) -> None:
+    """Not finite, or above divergence_factor (10) times the first loss reported: diverged."""
+    sink = Sink()
+    trial = handle(sink, max_epochs=10)
+    with pytest.raises(TrialStopped) as stopped:
+        for epoch, loss in enumerate(losses, start=1):
+            trial.report(epoch, train_loss=loss, val_loss=loss)
+    assert stopped.value.reason == "diverged"
+    trial.close()
+    assert sink.epochs()[-1] == epochs and sink.sent[-1][0]["stop_reason"] == "diverged"
+
+
+def _loop(trial: Trial, epochs: int, *, checkpoint_first: bool, every: int = 1) -> None:
+    """Reports val_loss 1/epoch (each epoch the best) and checkpoints {'epoch': n} every ``every``."""
+    for epoch in range(1, epochs + 1):
+        state = {"epoch": epoch, "w": torch.full((2,), float(epoch))}
+        if checkpoint_first and epoch % every == 0:
+            trial.checkpoint(state)
+        trial.report(epoch, val_loss=1.0 / epoch)
+        if not checkpoint_first and epoch % every == 0:
+            trial.checkpoint(state)
+
+
+@pytest.mark.parametrize(
+    "checkpoint_first", [False, True], ids=["report-then-checkpoint", "checkpoint-first"]
+)
+def test_each_report_carries_the_checkpoint_of_its_own_epoch(checkpoint_first: bool) -> None:
+    """Whichever order the loop keeps, the state a report is sent with is that epoch's (the
+    first report of a loop that checkpoints after reporting goes before its order is known)."""
+    sink = Sink()
+    trial = handle(sink, max_epochs=4)
+    _loop(trial, 4, checkpoint_first=checkpoint_first)
+    trial.close()
+    assert sink.epochs() == [1, 2, 3, 4]
+    for metrics, files in sink.sent[0 if checkpoint_first else 1 :]:
+        assert files[TRIAL_FILE]["state"]["epoch"] == metrics["epoch"]
+        assert files[TRIAL_FILE]["guard"]["epoch"] == metrics["epoch"]
+        assert torch.equal(files[MODEL_FILE]["w"], torch.full((2,), float(metrics["epoch"])))
+    assert sink.sent[-1][0]["stop_reason"] == "completed"
+
+
+def test_the_model_file_is_the_state_of_the_best_epoch() -> None:
+    sink = Sink()
+    trial = handle(sink, max_epochs=4)
+    for epoch, val in enumerate([1.0, 0.2, 0.5, 0.6], start=1):
+        trial.report(epoch, val_loss=val)
+        trial.checkpoint({"epoch": epoch})
+    trial.close()
+    _, files = sink.sent[-1]
+    assert files[TRIAL_FILE]["state"] == {"epoch": 4} and files[MODEL_FILE] == {"epoch": 2}
+
+
+def test_a_checkpoint_is_a_copy_taken_when_it_is_given() -> None:
+    sink = Sink()
+    trial = handle(sink, max_epochs=3)
+    weights = torch.zeros(3)
+    for epoch in (1, 2):
+        trial.report(epoch, val_loss=1.0 / epoch)
+        trial.checkpoint({"w": weights})
+        weights += 1.0  # training goes on in place, as an optimizer step does
+    assert torch.equal(sink.sent[-1][1][TRIAL_FILE]["state"]["w"], torch.ones(3))
+
+
+def test_restore_continues_where_the_checkpoint_left_off() -> None:
+    """A retry: the saved checkpoint of epoch 2 comes back, patience counters included, and the
+    loop must go on from epoch 3."""
+    first = Sink()
+    trial = handle(first, max_epochs=6, patience=3)
+    for epoch, val in enumerate([1.0, 1.5], start=1):
+        trial.report(epoch, val_loss=val)
+        trial.checkpoint({"epoch": epoch})
+    saved = first.sent[-1][1][TRIAL_FILE]
+    again = Sink(saved)
+    retry = handle(again, max_epochs=6, patience=3)
+    assert retry.restore() == {"epoch": 2} and retry.epoch == 2
+    with pytest.raises(ValueError, match="epoch 2 reported after epoch 2"):
+        retry.report(2, val_loss=0.1)
+    retry.report(3, val_loss=1.6)
+    with pytest.raises(TrialStopped):  # bad epochs 2, 3, 4: the count went on from the checkpoint
+        retry.report(4, val_loss=1.7)
+    assert handle(Sink(), max_epochs=3).restore() is None
+
+
+def test_what_a_function_reports_is_checked() -> None:
+    trial = handle(Sink())
+    with pytest.raises(ValueError, match="'epoch' is the platform's own result key"):
+        trial.report(1, epoch=3.0)
+    with pytest.raises(TypeError, match="metric 'val_loss' must be a number, not str"):
+        trial.report(1, val_loss="low")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="from 1 on"):
+        trial.report(0, val_loss=1.0)
+    with pytest.raises(ValueError, match="relative path"):
+        trial.log_artifact("../x.txt", b"")
+    trial.report(1, val_loss=torch.tensor(0.5))  # a one-element tensor is a number
+    assert trial.history[0]["val_loss"] == 0.5
+
+
+def test_a_function_that_reports_nothing_fails_saying_why() -> None:
+    with pytest.raises(RuntimeError, match="returned without reporting an epoch"):
+        handle(Sink()).close()
+
+
+def test_a_function_that_ends_early_completes_with_its_last_epoch() -> None:
+    sink = Sink()
+    trial = handle(sink, max_epochs=10)
+    trial.report(1, val_loss=1.0)
+    trial.report(2, val_loss=0.5)
+    trial.close()
+    assert sink.epochs() == [1, 2, 2] and sink.sent[-1][0]["stop_reason"] == "completed"
+
+
+# -- validation at sweep start: exit 2, one line -------------------------------------------------
+FUNCTION_SWEEP = (
+    "name: fn\nexperiment: tests.function_toy:{name}\n"
+    "search_space: {{lr: {{type: loguniform, low: 0.01, high: 0.1}}}}\nmetric: {metric}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "metric", "error"),
+    [
+        (
+            "two_args_only",
+            "val_loss",
+            "experiment: 'two_args_only' in 'tests.function_toy' cannot be called as "
+            "train(config, trial): it takes (config: 'dict[str, Any]') -> 'None'",
+        ),
+        (
+            "toy_train",
+            "val_accuracy",
+            "metric: 'val_accuracy' is not reported; known: train_loss, val_loss, val_mae",
+        ),
+        (
+            "no_such_function",
+            "val_loss",
+            "experiment: 'no_such_function' in 'tests.function_toy' is not found",
+        ),
+    ],
+)
+def test_a_function_that_cannot_work_is_bad_input(tmp_path: Path, name: str, metric: str, error: str) -> None:
+    sweep = tmp_path / "fn.yaml"
+    sweep.write_text(FUNCTION_SWEEP.format(name=name, metric=metric))
+    for command in ("validate", "run"):
+        result = cli(command, str(sweep), cwd=ROOT)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.strip() == f"error: {sweep}: {error}", result.stderr
+
+
+def test_a_module_that_fails_to_import_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "broken_loop.py").write_text(
+        "import no_such_package_here\n\ndef train(config, trial):\n    pass\n"
+    )
+    sweep = tmp_path / "fn.yaml"
+    sweep.write_text(
+        FUNCTION_SWEEP.format(name="x", metric="val_loss").replace(
+            "tests.function_toy:x", "broken_loop:train"
+        )
+    )
+    result = cli("validate", str(sweep), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {sweep}: experiment: cannot import 'broken_loop': No module named 'no_such_package_here'"
+    )
+
+
+# -- real sweeps -----------------------------------------------------------------------------------
+def _sweep(tmp: Path, experiment: str, *lines: str) -> Path:
+    faults = tmp / "faults"
+    faults.mkdir(exist_ok=True)
+    path = tmp / "fn.yaml"
+    path.write_text(
+        f"name: fn\nexperiment: {experiment}\n"
+        "search_space: {lr: {type: loguniform, low: 0.001, high: 0.5}}\n"
+        f"fixed: {{fault_dir: {faults}}}\n" + "".join(f"{line}\n" for line in lines)
+    )
+    return path
+
+
+def _run(sweep: Path, tmp: Path, *args: str) -> tuple[str, Any]:
+    uri = f"sqlite:///{tmp}/x.db"
+    result = cli("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp / "runs"), *args, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return uri, read_sweep(uri, "fn")
+
+
+def _steps(stored: Any, run: Any, key: str) -> list[int]:
+    return [
+        m.step for m in sorted(stored.client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    ]
+
+
+def test_a_function_sweep_with_asha_logs_one_nested_run_per_trial(tmp_path: Path) -> None:
+    sweep = _sweep(
+        tmp_path,
+        "tests.function_toy:toy_train",
+        "max_epochs: 9",
+        "num_samples: 8",
+        "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}",
+        "search: {type: random, seed: 3}",
+        "resources: {cpus_per_trial: 1, max_concurrent: 2}",
+    )
+    _, stored = _run(sweep, tmp_path)
+    parent = stored.parent.info.run_id
+    assert len(stored.children) == 8
+    statuses = sorted(stored.tag(c, "status") or "" for c in stored.children)
+    assert "early_stopped" in statuses and "completed" in statuses, statuses  # ASHA stopped some
+    for child in stored.children:
+        assert child.data.tags["mlflow.parentRunId"] == parent
+        assert float(child.data.params["lr"]) > 0
+        steps = _steps(stored, child, "val_loss")
+        assert steps == list(range(1, len(steps) + 1)), steps  # every epoch once, from 1
+        assert _steps(stored, child, "val_mae") == steps and _steps(stored, child, "train_loss") == steps
+        if stored.tag(child, "status") == "completed":
+            assert steps[-1] == 9
+    assert stored.parent.data.tags["hypersweep.best_trial"]
+    best_model = [a.path for a in stored.client.list_artifacts(parent, "best_model")]
+    assert best_model == ["best_model/model.pt"]
+
+
+def test_a_killed_worker_retries_from_the_functions_checkpoint(tmp_path: Path) -> None:
+    """The worker is SIGKILLed after epoch 2's report: the retry gets trial.restore()'s state and
+    goes on from there (epoch 3, or 2 if the kill beat the report); no step is logged twice."""
+    sweep = _sweep(
+        tmp_path,
+        "tests.function_toy:toy_train",
+        "max_epochs: 4",
+        "num_samples: 2",
+        "scheduler: {type: fifo}",
+        "training: {patience: null, report_every_s: 0, checkpoint_every_s: 0}",
+        "resources: {cpus_per_trial: 1, max_concurrent: 2}",
+    )
+    sweep.write_text(sweep.read_text().replace("fixed: {", "fixed: {fault: kill, fault_epoch: 2, "))
+    _, stored = _run(sweep, tmp_path)
+    for log in (tmp_path / "faults").glob("*.log"):
+        first, retry = log.read_text().split("\n")[:2]
+        assert first == "start 1" and retry in ("start 2", "start 3"), log.read_text()
+    assert len(list((tmp_path / "faults").glob("*.log"))) == 2
+    for child in stored.children:
+        assert stored.tag(child, "status") == "completed"
+        assert _steps(stored, child, "val_loss") == [1, 2, 3, 4]
+
+
+def test_mlflow_calls_inside_the_function_land_in_the_trials_run(tmp_path: Path) -> None:
+    sweep = _sweep(
+        tmp_path,
+        "tests.function_mlflow:logs_itself",
+        "max_epochs: 3",
+        "num_samples: 2",
+        "scheduler: {type: fifo}",
+        "training: {patience: null}",
+        "resources: {cpus_per_trial: 1, max_concurrent: 2}",
+    )
+    uri, stored = _run(sweep, tmp_path)
+    for child in stored.children:
+        assert child.data.params["own_param"] == "set by the loop"
+        assert child.data.tags["own_tag"] == child.data.tags["hypersweep.trial_id"]
+        assert _steps(stored, child, "own_metric") == [1, 2, 3]
+        assert _steps(stored, child, "val_loss") == [1, 2, 3]
+        assert child.info.status == "FINISHED"
+    everything = stored.client.search_runs(
+        [e.experiment_id for e in stored.client.search_experiments()], max_results=100
+    )
+    assert len(everything) == 3  # the parent and its two trials: no stray run
