@@ -17,7 +17,8 @@ import torch
 import hypersweep
 from hypersweep.handle import TRIAL_FILE, Trial, TrialStopped
 from hypersweep.trainer import MODEL_FILE, TrainSettings
-from tests.conftest import ROOT, hypersweep as cli
+from tests.conftest import ROOT
+from tests.conftest import hypersweep as cli
 from tests.mlflow_store import read_sweep
 
 pytestmark = pytest.mark.timeout(300)
@@ -335,7 +336,7 @@ def test_mlflow_calls_inside_the_function_land_in_the_trials_run(tmp_path: Path)
         "training: {patience: null}",
         "resources: {cpus_per_trial: 1, max_concurrent: 2}",
     )
-    uri, stored = _run(sweep, tmp_path)
+    _, stored = _run(sweep, tmp_path)
     for child in stored.children:
         assert child.data.params["own_param"] == "set by the loop"
         assert child.data.tags["own_tag"] == child.data.tags["hypersweep.trial_id"]

@@ -15,6 +15,7 @@ the function runs and tests on its own (``python -m my_package.train`` with a lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import posixpath
 import sys
@@ -237,10 +238,8 @@ class Trial:
     ) -> list[dict[str, Any]]:
         """Call ``fn(config, self)`` as a sweep's worker does: a stop by patience or divergence
         ends it quietly, and the trial ends with the function. Returns the epochs reported."""
-        try:
+        with contextlib.suppress(TrialStopped):  # its reason is in stop_reason and the last epoch
             fn(dict(config), self)
-        except TrialStopped:
-            pass  # its reason is in stop_reason and in the last epoch reported
         self.close()
         return self.history
 
