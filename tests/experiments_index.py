@@ -1,4 +1,5 @@
-"""Every experiment the project ships, found from its sweep files (experiments/ and examples/)."""
+"""Every experiment the project ships, found from its sweep files (experiments/ and examples/):
+``Experiment`` classes (``ALL_SWEEPS``) and plain training functions (``FUNCTION_SWEEPS``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from pathlib import Path
 
 from hypersweep.config import SweepSpec, import_roots, load_sweep
 from hypersweep.experiment import Data, Experiment
-from hypersweep.registry import resolve_experiment
+from hypersweep.registry import is_function, resolve_experiment, resolve_target
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_SWEEPS = sorted((ROOT / "experiments").glob("*.yaml"))
 EXAMPLE_SWEEPS = sorted((ROOT / "examples").glob("*/*.yaml"))
-ALL_SWEEPS = EXPERIMENT_SWEEPS + EXAMPLE_SWEEPS
+
+
+def _names_a_function(path: Path) -> bool:
+    spec = load_sweep(path)
+    return is_function(resolve_target(spec.experiment, import_roots(spec.source), source=str(path)))
+
+
+FUNCTION_SWEEPS = [p for p in EXPERIMENT_SWEEPS + EXAMPLE_SWEEPS if _names_a_function(p)]
+ALL_SWEEPS = [p for p in EXPERIMENT_SWEEPS + EXAMPLE_SWEEPS if p not in FUNCTION_SWEEPS]
 
 
 def sweep_id(path: Path) -> str:

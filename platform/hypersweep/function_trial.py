@@ -16,10 +16,9 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import torch
 from ray import tune
 
-from hypersweep.handle import TRIAL_FILE, Trial, TrialStopped
+from hypersweep.handle import TRIAL_FILE, Trial
 from hypersweep.registry import resolve_target
 from hypersweep.run_board import run_id_of
 from hypersweep.trainer import TrainSettings
@@ -55,11 +54,8 @@ def run_function(config: dict[str, Any], job: Any, settings: TrainSettings, repo
     assert callable(fn) and not isinstance(fn, type)  # checked before the sweep started
     trial_id = tune.get_context().get_trial_id()
     handle = Trial(settings=settings, fixed=job.fixed, trial_id=trial_id, sink=_TuneSink(reporter))
-    torch.manual_seed(settings.seed)  # as the generic loop seeds before it builds a model
-    # TrialStopped: patience or divergence ended it; its last epoch has gone with the reason.
-    with _in_trial_run(job, trial_id), contextlib.suppress(TrialStopped):
-        fn(dict(config), handle)
-    handle.close()
+    with _in_trial_run(job, trial_id):
+        handle.run(fn, config)
 
 
 @contextlib.contextmanager

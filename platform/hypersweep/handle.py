@@ -133,7 +133,7 @@ class Trial:
         self._order: _Order = "unknown"
         self._held: dict[str, Any] | None = None  # the last epoch, until its checkpoint comes
         self._held_best = False  # whether the held epoch scores best so far on the sweep's metric
-        self._state: Any = None  # the last checkpoint's state (a copy), not yet given an epoch
+        self._state: Any = None  # the last checkpoint (a copy, and the RNG's), not yet given an epoch
         self._saved: dict[str, Any] | None = None  # the checkpoint of an epoch: what a retry restores
         self._best: Any = None  # the state checkpointed after the best epoch (the trial's model.pt)
         self._best_epoch = 0
@@ -169,9 +169,14 @@ class Trial:
         self._order = saved.get("order", "unknown")
         self._saved = dict(saved)
         self._best, self._best_epoch = saved.get("best"), int(saved.get("best_epoch", 0))
+        rng = saved.get("rng") or {}
+        if "torch" in rng:  # dropout and sampling go on as they would have
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         return saved["state"]
 
-    def report(self, epoch: int, /, **metrics: float) -> None:
+    def report(self, epoch: int, /, **metrics: float | torch.Tensor) -> None:
         """One epoch's results: ``train_loss``, ``val_loss`` and the function's own metrics.
 
         Returns while the trial goes on. Raises ``TrialStopped`` when patience or the divergence
@@ -214,7 +219,7 @@ class Trial:
         with its epoch's report, so the epoch the scheduler judges, or a retry resumes, is the
         state's. The state is copied (tensors to the CPU) at once: training on changes nothing.
         """
-        copied = cpu_tree(state)
+        copied = (cpu_tree(state), self._rng())
         if self._order == "unknown":
             self._order = "after" if self._last_call == "report" else "before"
         self._last_call = "checkpoint"
@@ -236,8 +241,10 @@ class Trial:
     def run(
         self, fn: Callable[[dict[str, Any], Trial], Any], config: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """Call ``fn(config, self)`` as a sweep's worker does: a stop by patience or divergence
-        ends it quietly, and the trial ends with the function. Returns the epochs reported."""
+        """Call ``fn(config, self)`` as a sweep's worker does: PyTorch seeded with ``seed`` (as
+        the generic loop is before it builds a model), a stop by patience or divergence ending it
+        quietly, the trial ending with the function. Returns the epochs reported."""
+        torch.manual_seed(self.seed)
         with contextlib.suppress(TrialStopped):  # its reason is in stop_reason and the last epoch
             fn(dict(config), self)
         self.close()
@@ -284,15 +291,26 @@ class Trial:
             end = f" ({values['stop_reason']})" if "stop_reason" in values else ""
             print(f"epoch {values['epoch']}: {shown}{end}", file=sys.stderr)
 
-    def _attach(self, state: Any) -> None:
-        """``state`` is the held epoch's: what a retry restores, and the trial's best if it is."""
-        if state is None or self._held is None:
+    def _rng(self) -> dict[str, torch.Tensor]:
+        """PyTorch's random state as the function checkpoints (the CUDA device's too): a retry
+        draws the same dropout masks and samples as the trial would have."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _attach(self, checkpoint: tuple[Any, dict[str, torch.Tensor]] | None) -> None:
+        """``checkpoint`` (a state and the RNG's) is the held epoch's: what a retry restores,
+        and the trial's best if it is."""
+        if checkpoint is None or self._held is None:
             return
         self._state = None
+        state, rng = checkpoint
         if self._held_best:
             self._best, self._best_epoch = state, self._held["epoch"]
         self._saved = {
             "state": state,
+            "rng": rng,
             "guard": {k: v for k, v in self._guard.to_dict().items() if not isinstance(v, dict)},
             "order": self._order,
             "best": self._best,
