@@ -196,3 +196,64 @@ def test_joining_without_the_token_is_one_clear_line(ray_cluster, mlflow_server,
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: --address: {ray_cluster.address}: cannot join")
     assert _no_experiment(mlflow_server, "pf-token")
+
+
+def _run_sweep(
+    cluster: LocalRayCluster, sweep: Path, *args: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hypersweep", "run", str(sweep), *args],
+        cwd=cwd,
+        env=cluster.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+
+
+def test_a_training_function_sweeps_with_asha_on_the_cluster(ray_cluster, mlflow_server, tmp_path) -> None:
+    """The own-loop example (a plain function, imported on the nodes through the runtime env
+    from the sweep file's folder) with ASHA: one nested run per trial, some stopped early."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_loop" / "own_loop.yaml"
+    args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-own-loop")
+    args[args.index("fifo")] = "asha"
+    result = _run_sweep(
+        ray_cluster,
+        example,
+        *args,
+        "--shared-storage",
+        "--num-samples",
+        "6",
+        "--max-epochs",
+        "6",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = read_sweep(mlflow_server.uri, "cluster-own-loop")
+    assert len(stored.children) == 6
+    assert all(c.data.tags["mlflow.parentRunId"] == stored.parent.info.run_id for c in stored.children)
+    statuses = Counter(stored.tag(c, "status") for c in stored.children)
+    assert statuses["early_stopped"] >= 1 and statuses["completed"] >= 1, statuses
+    assert all(stored.history(c, "val_accuracy") for c in stored.children)
+    assert all(stored.tag(c, "node_id") for c in stored.children)
+
+
+def test_mlflow_calls_inside_a_function_reach_the_trials_run_from_any_node(
+    ray_cluster, mlflow_server, tmp_path
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    sweep = tmp_path / "fn.yaml"
+    sweep.write_text(
+        "name: cluster-fn-mlflow\nexperiment: tests.function_mlflow:logs_itself\n"
+        "search_space: {lr: {type: loguniform, low: 0.001, high: 0.1}}\n"
+        "max_epochs: 2\nnum_samples: 3\ntraining: {patience: null}\n"
+    )
+    args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-fn-mlflow")
+    result = _run_sweep(ray_cluster, sweep, *args, "--shared-storage", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = read_sweep(mlflow_server.uri, "cluster-fn-mlflow")
+    assert len(stored.children) == 3
+    for child in stored.children:
+        assert child.data.params["own_param"] == "set by the loop"
+        assert [step for step, _ in stored.history(child, "own_metric")] == [1, 2]
