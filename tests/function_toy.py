@@ -64,7 +64,3 @@ def toy_train(config: dict[str, Any], trial: hypersweep.Trial) -> None:
 
 def two_args_only(config: dict[str, Any]) -> None:
     """Cannot take (config, trial)."""
-
-
-def reports_nothing(config: dict[str, Any], trial: hypersweep.Trial) -> None:
-    """Returns without a report: its trial fails, saying why."""

@@ -16,6 +16,18 @@ BASE = (
     "search_space: {lr: {type: loguniform, low: 0.001, high: 0.1}}\n"
 )
 
+# Training functions (function trials) that cannot work.
+_LOOPS = """
+import hypersweep
+
+def one_argument(config):
+    pass
+
+@hypersweep.reports("val_mae")
+def reports_val_mae(config, trial):
+    pass
+"""
+
 _KEEPS_A_LOCK = """
 import threading
 from tests.toy import ToyRegression
@@ -57,6 +69,20 @@ class KeepsALock(ToyRegression):
             ": experiment: importing 'raises_on_import' failed",
         ),
         (
+            BASE.replace("tests.toy:ToyRegression", "loops:one_argument"),
+            ": experiment: 'one_argument' in 'loops' cannot be called as train(config, trial): "
+            "it takes (config)",
+        ),
+        (
+            BASE.replace("tests.toy:ToyRegression", "loops:reports_val_mae")
+            + "metric: val_accuracy\nmode: max\n",
+            ": metric: 'val_accuracy' is not reported; known: train_loss, val_loss, val_mae",
+        ),
+        (
+            BASE.replace("tests.toy:ToyRegression", "loops:no_such_loop"),
+            ": experiment: 'no_such_loop' in 'loops' is not found",
+        ),
+        (
             BASE.replace("tests.toy:ToyRegression", "keeps_a_lock:KeepsALock"),
             ": experiment: KeepsALock cannot be sent to the workers after load_data (TypeError: ",
         ),
@@ -71,6 +97,7 @@ def test_each_bad_input_is_one_line_exit_2_nothing_written(
     (tmp_path / "broken_syntax.py").write_text("def f(:\n")  # experiments that fail on import
     (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('no GPU driver')\n")
     (tmp_path / "keeps_a_lock.py").write_text(_KEEPS_A_LOCK)  # state the workers could not get
+    (tmp_path / "loops.py").write_text(_LOOPS)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:  # the CLI's own entry point, in this process

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hypersweep
+from hypersweep.cli import main
 from hypersweep.handle import TRIAL_FILE, Trial, TrialStopped
 from hypersweep.trainer import MODEL_FILE, TrainSettings
 from tests.conftest import ROOT
@@ -195,57 +196,19 @@ def test_a_function_that_ends_early_completes_with_its_last_epoch() -> None:
     assert sink.epochs() == [1, 2, 2] and sink.sent[-1][0]["stop_reason"] == "completed"
 
 
-# -- validation at sweep start: exit 2, one line -------------------------------------------------
-FUNCTION_SWEEP = (
-    "name: fn\nexperiment: tests.function_toy:{name}\n"
-    "search_space: {{lr: {{type: loguniform, low: 0.01, high: 0.1}}}}\nmetric: {metric}\n"
-)
-
-
-@pytest.mark.parametrize(
-    ("name", "metric", "error"),
-    [
-        (
-            "two_args_only",
-            "val_loss",
-            "experiment: 'two_args_only' in 'tests.function_toy' cannot be called as "
-            "train(config, trial): it takes (config: 'dict[str, Any]') -> 'None'",
-        ),
-        (
-            "toy_train",
-            "val_accuracy",
-            "metric: 'val_accuracy' is not reported; known: train_loss, val_loss, val_mae",
-        ),
-        (
-            "no_such_function",
-            "val_loss",
-            "experiment: 'no_such_function' in 'tests.function_toy' is not found",
-        ),
-    ],
-)
-def test_a_function_that_cannot_work_is_bad_input(tmp_path: Path, name: str, metric: str, error: str) -> None:
-    sweep = tmp_path / "fn.yaml"
-    sweep.write_text(FUNCTION_SWEEP.format(name=name, metric=metric))
-    for command in ("validate", "run"):
-        result = cli(command, str(sweep), cwd=ROOT)
-        assert result.returncode == 2, result.stdout + result.stderr
-        assert result.stderr.strip() == f"error: {sweep}: {error}", result.stderr
-
-
-def test_a_module_that_fails_to_import_is_bad_input(tmp_path: Path) -> None:
-    (tmp_path / "broken_loop.py").write_text(
-        "import no_such_package_here\n\ndef train(config, trial):\n    pass\n"
-    )
+# -- validation at sweep start (run's cases are in test_bad_input) ------------------------------
+def test_validate_refuses_a_function_that_cannot_take_config_and_trial(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "fn.yaml"
     sweep.write_text(
-        FUNCTION_SWEEP.format(name="x", metric="val_loss").replace(
-            "tests.function_toy:x", "broken_loop:train"
-        )
+        "name: fn\nexperiment: tests.function_toy:two_args_only\n"
+        "search_space: {lr: {type: loguniform, low: 0.01, high: 0.1}}\n"
     )
-    result = cli("validate", str(sweep), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        f"error: {sweep}: experiment: cannot import 'broken_loop': No module named 'no_such_package_here'"
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(sweep)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {sweep}: experiment: 'two_args_only' in 'tests.function_toy' cannot be called as "
+        "train(config, trial): it takes (config: 'dict[str, Any]') -> 'None'"
     )
 
 
@@ -276,9 +239,11 @@ def _steps(stored: Any, run: Any, key: str) -> list[int]:
 
 
 def test_a_function_sweep_with_asha_logs_one_nested_run_per_trial(tmp_path: Path) -> None:
+    """ASHA over a loop that also logs with MLflow itself (``tests.function_mlflow``): its own
+    values land in its trial's run, those after the loop too when the trial completes."""
     sweep = _sweep(
         tmp_path,
-        "tests.function_toy:toy_train",
+        "tests.function_mlflow:logs_itself",
         "max_epochs: 9",
         "num_samples: 8",
         "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}",
@@ -296,8 +261,17 @@ def test_a_function_sweep_with_asha_logs_one_nested_run_per_trial(tmp_path: Path
         steps = _steps(stored, child, "val_loss")
         assert steps == list(range(1, len(steps) + 1)), steps  # every epoch once, from 1
         assert _steps(stored, child, "val_mae") == steps and _steps(stored, child, "train_loss") == steps
+        assert child.data.params["own_param"] == "set by the loop"
+        assert child.data.tags["own_tag"] == child.data.tags["hypersweep.trial_id"]
+        own = _steps(stored, child, "own_metric")
         if stored.tag(child, "status") == "completed":
-            assert steps[-1] == 9
+            assert steps[-1] == 9 and own == list(range(10))
+        else:  # ASHA ended the function at its report: what it logged before is there
+            assert own[0] == 0
+    everything = stored.client.search_runs(
+        [e.experiment_id for e in stored.client.search_experiments()], max_results=100
+    )
+    assert len(everything) == 9  # the parent and its 8 trials: no stray run
     assert stored.parent.data.tags["hypersweep.best_trial"]
     best_model = [a.path for a in stored.client.list_artifacts(parent, "best_model")]
     assert best_model == ["best_model/model.pt"]
@@ -324,26 +298,3 @@ def test_a_killed_worker_retries_from_the_functions_checkpoint(tmp_path: Path) -
     for child in stored.children:
         assert stored.tag(child, "status") == "completed"
         assert _steps(stored, child, "val_loss") == [1, 2, 3, 4]
-
-
-def test_mlflow_calls_inside_the_function_land_in_the_trials_run(tmp_path: Path) -> None:
-    sweep = _sweep(
-        tmp_path,
-        "tests.function_mlflow:logs_itself",
-        "max_epochs: 3",
-        "num_samples: 2",
-        "scheduler: {type: fifo}",
-        "training: {patience: null}",
-        "resources: {cpus_per_trial: 1, max_concurrent: 2}",
-    )
-    _, stored = _run(sweep, tmp_path)
-    for child in stored.children:
-        assert child.data.params["own_param"] == "set by the loop"
-        assert child.data.tags["own_tag"] == child.data.tags["hypersweep.trial_id"]
-        assert _steps(stored, child, "own_metric") == [1, 2, 3]
-        assert _steps(stored, child, "val_loss") == [1, 2, 3]
-        assert child.info.status == "FINISHED"
-    everything = stored.client.search_runs(
-        [e.experiment_id for e in stored.client.search_experiments()], max_results=100
-    )
-    assert len(everything) == 3  # the parent and its two trials: no stray run

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -74,6 +75,13 @@ def _in_trial_run(job: Any, trial_id: str) -> Iterator[None]:
         run_id = run_id_of(job.run_board, trial_id, timeout_s=_RUN_ID_WAIT_S)
         if run_id is None:
             _log.warning("trial %s: its MLflow run was not made in time; mlflow calls go elsewhere", trial_id)
+    if run_id is not None and not _reachable_here(job.tracking_uri):
+        _log.warning(
+            "trial %s: its MLflow store is a file on another node; mlflow calls go elsewhere"
+            " (a tracking server serves every node)",
+            trial_id,
+        )
+        run_id = None
     try:
         if run_id is not None:
             os.environ.update(MLFLOW_TRACKING_URI=job.tracking_uri, MLFLOW_RUN_ID=run_id)
@@ -84,3 +92,10 @@ def _in_trial_run(job: Any, trial_id: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _reachable_here(uri: str) -> bool:
+    """A SQLite store is a file on the driver's machine: on another node, not there at all."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").partition("?")[0]).is_file()
+    return True
