@@ -79,6 +79,10 @@ class KeepsALock(ToyRegression):
             ": metric: 'val_accuracy' is not reported; known: train_loss, val_loss, val_mae",
         ),
         (
+            BASE.replace("tests.toy:ToyRegression", "loops:reports_val_mae") + "training: {amp: true}\n",
+            ": training.amp: the generic loop's setting; a training function does this in its own loop",
+        ),
+        (
             BASE.replace("tests.toy:ToyRegression", "loops:no_such_loop"),
             ": experiment: 'no_such_loop' in 'loops' is not found",
         ),

@@ -90,6 +90,7 @@ def check_experiment(spec: SweepSpec) -> Target:
     source = str(spec.source)
     target = resolve_target(spec.experiment, import_roots(spec.source), source=source)
     if is_function(target):
+        _check_loop_settings(spec)
         declared = getattr(target, METRICS_ATTRIBUTE, None)
         if declared is not None:
             _check_metric(spec, ("train_loss", "val_loss", *declared))
@@ -101,6 +102,15 @@ def check_experiment(spec: SweepSpec) -> Target:
     _check_configure(target, spec)
     _check_metric_names(target.metric_names, target.__name__, source)
     return target
+
+
+def _check_loop_settings(spec: SweepSpec) -> None:
+    """Settings of the generic loop that a function's own loop does not get: set, they would be
+    silently ignored."""
+    for key, value in (("amp", spec.training.amp), ("grad_clip_norm", spec.training.grad_clip_norm)):
+        if value not in (None, False):
+            problem = "the generic loop's setting; a training function does this in its own loop"
+            raise ConfigError(str(spec.source), f"training.{key}", problem)
 
 
 def _check_metric(spec: SweepSpec, known: tuple[str, ...]) -> None:
