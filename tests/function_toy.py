@@ -3,7 +3,7 @@
 ``toy_train`` fits the toy regression (``tests.toy``) in its own loop. Its fixed config may ask
 for a fault (``fault: kill`` SIGKILLs its worker after reporting epoch ``fault_epoch`` of its first attempt)
 and a trace: each attempt appends ``start <epoch>`` to ``fault_dir/<lr>.log``, so a test sees
-where a retry started. ``rising`` makes val_loss climb from epoch 2 (patience ends the trial).
+where a retry started. ``epoch_sleep`` slows each epoch (seconds).
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ def toy_train(config: dict[str, Any], trial: hypersweep.Trial) -> None:
             target = data.val.targets.to(trial.device)
             val = float(nn.functional.mse_loss(out, target))
             mae = float((out - target).abs().mean())
-        if trial.fixed.get("rising") and epoch > 1:
-            val = 10.0 + epoch  # worse each epoch after the first
+        time.sleep(float(trial.fixed.get("epoch_sleep", 0.0)))
         trial.report(epoch, train_loss=float(loss.detach()), val_loss=val, val_mae=mae)
         trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch})
         fault = trial.fixed.get("fault", "none")

@@ -7,6 +7,8 @@ Ray with a real MLflow store (SQLite).
 from __future__ import annotations
 
 import math
+import os
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -298,3 +300,44 @@ def test_a_killed_worker_retries_from_the_functions_checkpoint(tmp_path: Path) -
     for child in stored.children:
         assert stored.tag(child, "status") == "completed"
         assert _steps(stored, child, "val_loss") == [1, 2, 3, 4]
+
+
+def test_a_function_sweep_killed_with_its_driver_resumes_and_finishes(tmp_path: Path) -> None:
+    """SIGKILL the driver (and its Ray) mid sweep, then ``hypersweep resume``: every trial ends
+    once, each epoch is logged once, and a trial that had finished is not trained again."""
+    from tests.chaos_tools import NAME, counts, descendants, kill_all, steps
+    from tests.chaos_tools import cli as background
+    from tests.test_chaos import _state, _sweep_dir, _wait, _wait_until_mid_sweep
+
+    sweep = _sweep(
+        tmp_path,
+        "tests.function_toy:toy_train",
+        "max_epochs: 5",
+        "num_samples: 3",
+        "scheduler: {type: fifo}",
+        "training: {patience: null}",
+        "resources: {cpus_per_trial: 1, max_concurrent: 2}",
+    )
+    sweep.write_text(
+        sweep.read_text()
+        .replace("name: fn", f"name: {NAME}")
+        .replace("fixed: {", "fixed: {epoch_sleep: 0.4, ")
+    )
+    uri = f"sqlite:///{tmp_path}/x.db"
+    proc = background("run", str(sweep), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
+    _wait_until_mid_sweep(tmp_path, proc, finished=1)
+    folder = _sweep_dir(tmp_path, "runs")
+    finished_before = [t["config"]["lr"] for t in _state(folder)["trials"].values() if t["run_status"]]
+    tree = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kill_all(tree)
+    rc, out, err = _wait(background("resume", str(folder)))
+    assert rc == 0, out + err
+    ledger = counts(uri)
+    assert (ledger.trials, ledger.trial_ids, ledger.duplicated_steps, ledger.running) == (3, 3, 0, 0)
+    assert ledger.statuses == {"completed": 3}
+    assert steps(uri) == [[1, 2, 3, 4, 5]] * 3
+    for lr in finished_before:
+        log = tmp_path / "faults" / f"{float(lr):.12g}.log"
+        assert log.read_text().split("\n").count("start 1") == 1, log.read_text()
