@@ -19,6 +19,7 @@ def logs_itself(config: dict[str, Any], trial: hypersweep.Trial) -> None:
     mlflow.log_param("own_param", "set by the loop")
     mlflow.set_tag("own_tag", trial.trial_id)
     mlflow.log_metric("own_metric", 0.0, step=0)
+    trial.log_artifact("notes/lr.txt", str(config["lr"]).encode())  # through the platform
     toy_train(config, trial)
     for epoch in range(1, trial.epoch + 1):
         mlflow.log_metric("own_metric", epoch * 0.5, step=epoch)

@@ -265,6 +265,7 @@ def test_a_function_sweep_with_asha_logs_one_nested_run_per_trial(tmp_path: Path
         assert _steps(stored, child, "val_mae") == steps and _steps(stored, child, "train_loss") == steps
         assert child.data.params["own_param"] == "set by the loop"
         assert child.data.tags["own_tag"] == child.data.tags["hypersweep.trial_id"]
+        assert [a.path for a in stored.client.list_artifacts(child.info.run_id, "notes")] == ["notes/lr.txt"]
         own = _steps(stored, child, "own_metric")
         if stored.tag(child, "status") == "completed":
             assert steps[-1] == 9 and own == list(range(10))
