@@ -174,6 +174,10 @@ def test_what_a_function_reports_is_checked() -> None:
     trial = handle(Sink())
     with pytest.raises(ValueError, match="'epoch' is the platform's own result key"):
         trial.report(1, epoch=3.0)
+    with pytest.raises(
+        ValueError, match="the sweep's metric 'val_loss' is not reported \\(got: train_loss\\)"
+    ):
+        trial.report(1, train_loss=1.0)
     with pytest.raises(TypeError, match="metric 'val_loss' must be a number, not str"):
         trial.report(1, val_loss="low")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="from 1 on"):

@@ -106,8 +106,10 @@ class Trial:
     """The handle a function trial gets: ``def train(config: dict, trial: hypersweep.Trial)``.
 
     ``max_epochs``, ``seed``, ``device`` (the GPU Ray assigned the trial, or the CPU) and
-    ``fixed`` (the sweep's fixed values) are the sweep's. Made directly, ``Trial(max_epochs=5)``
-    runs a function outside any sweep, with the platform's default patience and divergence guard.
+    ``fixed`` (the sweep's fixed values) are the sweep's; each report holds the sweep's
+    ``metric``. Made directly, ``Trial(max_epochs=5)`` runs a function outside any sweep, with
+    the platform's default patience and divergence guard (``metric``/``mode``: what its best
+    checkpoint is judged by).
     """
 
     def __init__(
@@ -117,12 +119,16 @@ class Trial:
         seed: int = 0,
         device: str | torch.device = "cpu",
         fixed: Mapping[str, Any] | None = None,
+        metric: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
         settings: TrainSettings | None = None,
         trial_id: str = "local",
         sink: Sink | None = None,
         quiet: bool = False,
     ) -> None:
-        self.settings = settings or TrainSettings(max_epochs=max_epochs, seed=seed, device=str(device))
+        self.settings = settings or TrainSettings(
+            max_epochs=max_epochs, seed=seed, device=str(device), metric=metric, mode=mode
+        )
         self.fixed: Mapping[str, Any] = MappingProxyType(dict(fixed or {}))
         self.trial_id = trial_id
         self.history: list[dict[str, Any]] = []  # every epoch reported, as reported
@@ -283,6 +289,9 @@ class Trial:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"metric '{key}' must be a number, not {type(value).__name__}")
             values[key] = float(value)
+        if self.settings.metric not in values:  # the trial's result: what the sweep ranks by
+            got = ", ".join(values) or "none"
+            raise ValueError(f"the sweep's metric '{self.settings.metric}' is not reported (got: {got})")
         return values
 
     def _echo(self, values: Mapping[str, Any]) -> None:
