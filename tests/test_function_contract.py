@@ -43,7 +43,7 @@ class _KeepsEpoch:
     def __init__(self, epoch: int) -> None:
         self.epoch, self.kept = epoch, None
 
-    def restore(self) -> Mapping[str, Any] | None:
+    def saved(self) -> Mapping[str, Any] | None:
         return None
 
     def report(
@@ -56,10 +56,10 @@ class _KeepsEpoch:
 class _Restores(_KeepsEpoch):
     def __init__(self, saved: Mapping[str, Any]) -> None:
         super().__init__(0)
-        self.saved = saved
+        self._saved = saved
 
-    def restore(self) -> Mapping[str, Any] | None:
-        return self.saved
+    def saved(self) -> Mapping[str, Any] | None:
+        return self._saved
 
 
 def test_the_example_is_found() -> None:

@@ -32,10 +32,10 @@ class Sink:
 
     def __init__(self, saved: Mapping[str, Any] | None = None) -> None:
         self.sent: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.saved = saved
+        self._saved = saved
 
-    def restore(self) -> Mapping[str, Any] | None:
-        return self.saved
+    def saved(self) -> Mapping[str, Any] | None:
+        return self._saved
 
     def report(
         self,

@@ -1,6 +1,6 @@
 """Worker side of a function trial: the user's ``train(config, trial)`` inside a Ray worker.
 
-The function gets a ``handle.Trial`` whose sink is the trial's ``_TuneReporter``: its epochs go to
+The function gets a ``handle.Trial`` whose sink is the trial's ``trial._TuneReporter``: its epochs go to
 Tune batched as an ``Experiment`` trial's do, with checkpoints at the scheduler's decision epochs.
 Its own MLflow calls (``mlflow.log_metric``, an autologger) land in the trial's child run: the
 run's id is set as ``MLFLOW_RUN_ID`` before the function starts, which MLflow's fluent API
@@ -13,13 +13,13 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from hypersweep.handle import TRIAL_FILE, Trial
+from hypersweep.handle import Trial
 from hypersweep.registry import resolve_target
 from hypersweep.run_board import run_id_of
 from hypersweep.trainer import TrainSettings
@@ -28,33 +28,12 @@ _log = logging.getLogger(__name__)
 _RUN_ID_WAIT_S = 30.0  # the run is made within a second or two, unless the server is down
 
 
-class _TuneSink:
-    """``handle.Sink`` over the trial's reporter (``trial._TuneReporter``)."""
-
-    def __init__(self, reporter: Any) -> None:
-        self.reporter = reporter
-
-    def restore(self) -> Mapping[str, Any] | None:
-        saved: Mapping[str, Any] | None = self.reporter.load(TRIAL_FILE, weights_only=False)  # its own file
-        if saved is not None:
-            self.reporter.resume_result(float(saved.get("guard", {}).get("best_score", float("nan"))))
-        return saved
-
-    def report(
-        self,
-        metrics: dict[str, Any],
-        state: Callable[[], Mapping[str, Any]],
-        artifacts: Mapping[str, bytes] | None = None,
-    ) -> None:
-        self.reporter.report(metrics, state, artifacts)
-
-
 def run_function(config: dict[str, Any], job: Any, settings: TrainSettings, reporter: Any) -> None:
     """Run the sweep's function on ``config`` (``job``: the sweep's ``trial.TrialJob``)."""
     fn = resolve_target(job.experiment, list(job.roots))
     assert callable(fn) and not isinstance(fn, type)  # checked before the sweep started
     trial_id = tune.get_context().get_trial_id()
-    handle = Trial(settings=settings, fixed=job.fixed, trial_id=trial_id, sink=_TuneSink(reporter))
+    handle = Trial(settings=settings, fixed=job.fixed, trial_id=trial_id, sink=reporter)
     with _in_trial_run(job, trial_id):
         handle.run(fn, config)
 

@@ -66,7 +66,7 @@ class TrialStopped(BaseException):
 class Sink(Protocol):
     """Where a handle sends its epochs: Ray Tune in a sweep (``function_trial``), memory alone."""
 
-    def restore(self) -> Mapping[str, Any] | None:
+    def saved(self) -> Mapping[str, Any] | None:
         """What the last ``report`` with a checkpoint saved (``Trial._saved``), or None."""
 
     def report(
@@ -82,10 +82,10 @@ class _Memory:
     """The sink of a handle made outside a sweep: keeps the last checkpoint."""
 
     def __init__(self) -> None:
-        self.saved: Mapping[str, Any] | None = None
+        self._last: Mapping[str, Any] | None = None
 
-    def restore(self) -> Mapping[str, Any] | None:
-        return self.saved
+    def saved(self) -> Mapping[str, Any] | None:
+        return self._last
 
     def report(
         self,
@@ -93,7 +93,7 @@ class _Memory:
         state: Callable[[], Mapping[str, Any]],
         artifacts: Mapping[str, bytes] | None = None,
     ) -> None:
-        self.saved = state()
+        self._last = state()
 
 
 # When a checkpoint is taken relative to the report of its epoch: learnt from the function's
@@ -168,7 +168,7 @@ class Trial:
     def restore(self) -> Any:
         """The state the trial last checkpointed, when a retry or a resumed sweep runs it again;
         None on a fresh start. Continue from the epoch after ``trial.epoch``."""
-        saved = self._sink.restore()
+        saved = self._sink.saved()
         if saved is None or saved.get("state") is None:
             return None
         self._guard = TrainerState(**saved["guard"])

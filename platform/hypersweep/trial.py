@@ -8,6 +8,7 @@ every worker's start-up.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from ray.tune.result import DONE
 
 from hypersweep import scoring
 from hypersweep.experiment import Data, Experiment
+from hypersweep.handle import TRIAL_FILE
 from hypersweep.registry import SweepData, resolve_experiment
 from hypersweep.trainer import MODEL_FILE, TrainerState, TrainSettings, fit
 
@@ -141,7 +143,7 @@ class _TuneReporter:
         if saved is None:
             return None
         state = TrainerState.from_dict(saved)
-        self.resume_result(state.best_score)
+        self._result = state.best_score  # the epochs before the checkpoint count too
         return state
 
     def load(self, name: str, *, weights_only: bool = True) -> Any:
@@ -155,9 +157,12 @@ class _TuneReporter:
             # tensors, and a retry may run where there is no CUDA device.
             return torch.load(Path(directory) / name, weights_only=weights_only, map_location="cpu")
 
-    def resume_result(self, best: float) -> None:
-        """The trial's result so far, from its checkpoint: the epochs before it count too."""
-        self._result = best
+    def saved(self) -> Mapping[str, Any] | None:
+        """A function trial's checkpoint (``handle.Sink``): what its handle restores."""
+        saved: Mapping[str, Any] | None = self.load(TRIAL_FILE, weights_only=False)  # its own file
+        if saved is not None:
+            self._result = float(saved.get("guard", {}).get("best_score", math.nan))
+        return saved
 
     def report(
         self,
