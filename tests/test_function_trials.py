@@ -155,6 +155,7 @@ def test_restore_continues_where_the_checkpoint_left_off() -> None:
     loop must go on from epoch 3."""
     first = Sink()
     trial = handle(first, max_epochs=6, patience=3)
+    trial.log_artifact("notes.txt", b"kept")
     for epoch, val in enumerate([1.0, 1.5], start=1):
         trial.report(epoch, val_loss=val)
         trial.checkpoint({"epoch": epoch})
@@ -162,6 +163,7 @@ def test_restore_continues_where_the_checkpoint_left_off() -> None:
     again = Sink(saved)
     retry = handle(again, max_epochs=6, patience=3)
     assert retry.restore() == {"epoch": 2} and retry.epoch == 2
+    assert retry._artifacts == {"notes.txt": b"kept"}  # logged before the retry, still to go
     with pytest.raises(ValueError, match="epoch 2 reported after epoch 2"):
         retry.report(2, val_loss=0.1)
     retry.report(3, val_loss=1.6)
@@ -186,6 +188,15 @@ def test_what_a_function_reports_is_checked() -> None:
         trial.log_artifact("../x.txt", b"")
     trial.report(1, val_loss=torch.tensor(0.5))  # a one-element tensor is a number
     assert trial.history[0]["val_loss"] == 0.5
+
+
+def test_a_function_that_never_checkpoints_has_no_model_file() -> None:
+    sink = Sink()
+    trial = handle(sink, max_epochs=2)
+    trial.report(1, val_loss=1.0)
+    trial.report(2, val_loss=0.5)
+    trial.close()
+    assert [set(files) for _, files in sink.sent] == [{TRIAL_FILE}] * 2
 
 
 def test_a_function_that_reports_nothing_fails_saying_why() -> None:

@@ -175,6 +175,7 @@ class Trial:
         self._order = saved.get("order", "unknown")
         self._saved = dict(saved)
         self._best, self._best_epoch = saved.get("best"), int(saved.get("best_epoch", 0))
+        self._artifacts = {**saved.get("artifacts", {}), **self._artifacts}
         rng = saved.get("rng") or {}
         if "torch" in rng:  # dropout and sampling go on as they would have
             torch.set_rng_state(rng["torch"])
@@ -324,6 +325,7 @@ class Trial:
             "order": self._order,
             "best": self._best,
             "best_epoch": self._best_epoch,
+            "artifacts": dict(self._artifacts),  # logged so far: a retry keeps them
         }
 
     def _release(self) -> None:
@@ -336,7 +338,8 @@ class Trial:
         self._sink.report(held, self._files, dict(self._artifacts))
 
     def _files(self) -> dict[str, Any]:
-        """A checkpoint: the state to restore, and the best state as the trial's model."""
+        """A checkpoint: the state to restore, and the best state as the trial's model (none
+        while the function has checkpointed nothing)."""
         saved = self._saved or {"state": None}
-        best = saved.get("best")
-        return {TRIAL_FILE: saved, MODEL_FILE: best if best is not None else saved["state"]}
+        model = saved.get("best") if saved.get("best") is not None else saved["state"]
+        return {TRIAL_FILE: saved} | ({MODEL_FILE: model} if model is not None else {})
