@@ -169,6 +169,33 @@ def test_a_run_made_just_before_a_crash_gets_its_params_on_resume(tmp_path: Path
     assert run.info.status == "FINISHED"
 
 
+def test_a_lost_trial_whose_run_was_made_just_before_a_crash_is_taken_over(tmp_path: Path) -> None:
+    """As above, and Tune's snapshot never had the trial: the searcher proposes its configuration
+    again and the new trial must take over its run, which MLflow holds without params. The
+    journal knows the trial's configuration from its start, before its run exists."""
+    uri, state = f"sqlite:///{tmp_path}/m.db", tmp_path / TRACKING_STATE
+    config = {"lr": 0.1, "batch_size": 32}
+    before = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", state_file=state)
+    before.start_sweep(name="crash", sweep_id="s1", settings={})
+    before.start_writer()
+    before.trial_started("t1", config)
+    before._stop_writer.set()
+    before.client.create_run(
+        before.experiment_id,
+        run_name="t1",
+        tags={MLFLOW_PARENT_RUN_ID: before.parent_run_id, ROLE: "trial", TRIAL_ID: "t1"},
+    )
+    after = SweepRecorder(tracking_uri=uri, metric="val_loss", mode="min", state_file=state)
+    after.resume()
+    assert after.adopt_lost("t2", config, {"t2"}) == "t1"
+    after.trial_started("t2", config)
+    after.trial_result("t2", {"epoch": 1, "val_loss": 0.5})
+    after.trial_finished("t2", status="completed", stop_reason="completed")
+    after.flush(force=True)
+    (run,) = read_sweep(uri, "crash").children
+    assert run.data.tags[TRIAL_ID] == "t2" and run.data.params == {"lr": "0.1", "batch_size": "32"}
+
+
 def test_the_outage_backlog_holds_artifacts_and_the_sweeps_end(tmp_path: Path) -> None:
     """The server dies mid-sweep and stays down past the end: the trials' files, the best trial,
     its weights and the parent's end wait in the sweep's folder (exit 4); a resume while it is

@@ -277,6 +277,10 @@ class SweepRecorder(RunSender):
                 config=dict(config), started_ms=_now_ms(), number=self._numbered
             )
             self._open.add(trial_id)
+            # In the journal before its run exists: a crash between MLflow making the run and the
+            # journal learning its id leaves a run without params, which resume can tell only by
+            # this configuration (a lost trial's run is taken over by the trial with its config).
+            self._save(trial_id)
         if self._writer is None:
             self.flush(force=True)  # create its run now (or as soon as the server answers)
 
