@@ -43,8 +43,8 @@ def _sweep_options(fn: Any) -> Any:
         click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
         click.option(
             "--scheduler",
-            type=click.Choice(["asha", "hyperband", "median", "fifo"]),
-            help="fifo: no early stopping.",
+            type=click.Choice(["asha", "hyperband", "median", "fifo", "pbt"]),
+            help="fifo: no early stopping; pbt: population-based training.",
         ),
         click.option("--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."),
         click.option("--cpus-per-trial", type=float),
