@@ -328,7 +328,11 @@ def _fit_shortened(data: dict[str, Any], given: set[str]) -> list[str]:
         scheduler["grace_period"] = epochs
         notes.append(f"scheduler.grace_period {grace} -> {epochs}: the sweep's max_epochs is {epochs}")
     interval = scheduler.get("perturbation_interval", 4) if scheduler.get("type") == "pbt" else None
-    if "scheduler.perturbation_interval" not in given and isinstance(interval, int) and 2 <= epochs <= interval:
+    if (
+        "scheduler.perturbation_interval" not in given
+        and isinstance(interval, int)
+        and 2 <= epochs <= interval
+    ):
         scheduler["perturbation_interval"] = epochs // 2  # PBT's default is 4: say so when it changes
         notes.append(
             f"scheduler.perturbation_interval {interval} -> {epochs // 2}: the sweep's max_epochs is {epochs}"

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from hypersweep.console import Progress
+from hypersweep.pbt_scheduler import take_exploits
 from hypersweep.tracking import (
     BestTrial,
     SweepRecorder,
@@ -101,6 +103,8 @@ class TrackingCallback(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         recorder, _ = self._live()
+        for exploit in take_exploits(self.sweep_id):  # PBT's, made in this step
+            recorder.trial_exploited(exploit)
         recorder.poll()
 
     def _finish(self, trial: Any, status: str, reason: str, error: str = "") -> None:
@@ -145,3 +149,10 @@ def checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
         if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
             return result.checkpoint.as_directory()
     return None
+
+
+def schedule_in(checkpoint: Path) -> list[dict[str, float]]:
+    """The per-epoch values of PBT's mutated keys that trained a checkpoint's weights from
+    scratch (``TrainerState.schedule``: a donor's epochs, then the trial's own)."""
+    state = torch.load(checkpoint / "trainer.pt", weights_only=True, map_location="cpu")
+    return [dict(epoch) for epoch in state.get("schedule", [])]

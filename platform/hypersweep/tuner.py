@@ -16,6 +16,7 @@ from hypersweep.config import SweepSpec
 from hypersweep.manifest import (
     storage_path,
 )
+from hypersweep.pbt_scheduler import make_pbt, population_search
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.trainer import TrainSettings
@@ -35,6 +36,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
     the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start)."""
+    pbt = spec.scheduler.type == "pbt"
     return tune.Tuner(
         trainable_of(spec, roots, data),
         param_space=dict(spec.fixed),
@@ -42,9 +44,23 @@ def build_tuner(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples,
-            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id, seeded),
-            scheduler=make_scheduler(
-                spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
+            search_alg=(
+                population_search(spec.search_space, spec.num_samples, spec.search.seed)
+                if pbt
+                else _searcher(spec, folder / STUDY_FILE, sweep_id, seeded)
+            ),
+            scheduler=(
+                make_pbt(
+                    spec.scheduler,
+                    space=spec.search_space,
+                    mutations=spec.mutations,
+                    sweep_id=sweep_id,
+                    seed=spec.search.seed,
+                )
+                if pbt
+                else make_scheduler(
+                    spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
+                )
             ),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
             max_concurrent_trials=concurrent,
@@ -61,7 +77,9 @@ def build_tuner(
             # checkpoint, a cost that grows with the sweep. With 2, a trial that ends with one
             # checkpoint forces none; one that finished after the last snapshot is recognised
             # on resume from the recorder's state (see trial.trainable).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT: a paused trial may copy a donor's checkpoint long after the donor made it, so
+            # none is removed (Ray warns of num_to_keep <= 2 with PBT, pbt.py on_trial_add).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
             # A trial that raises or loses its worker restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
         ),
@@ -84,6 +102,7 @@ def trainable_of(
             amp=spec.training.amp,
             metric=spec.metric,
             mode=spec.mode,
+            mutable=spec.mutations,
         ),
         threads=max(1, int(spec.resources.cpus_per_trial)),
         gpus=spec.resources.gpus_per_trial,

@@ -38,10 +38,13 @@ from hypersweep.redaction import redact_settings
 from hypersweep.run_names import RunNames
 from hypersweep.tracking.conventions import (
     BEST_RUN,
+    BEST_SCHEDULE_FILE,
     BEST_TRIAL,
     DROPPED,
+    LINEAGE_FILE,
     ROLE,
     STATUS,
+    SWEEP_LINEAGE_FILE,
     TRIAL_ID,
     _now_ms,
     _trial_params,
@@ -151,6 +154,8 @@ class RunSender:
         self._stop_writer = threading.Event()
         # The parent run's last writes, queued by finish_sweep: "best", "best_model", "end".
         self._parent_due: dict[str, Any] = {}
+        # PBT's exploits so far, sent with the sweep's end (``SweepRecorder.trial_exploited``).
+        self.lineage: list[dict[str, Any]] = []
         # Copies of files MLflow has not taken yet (the artifacts of an outage).
         self._backlog = (state_file.parent if state_file else Path(tempfile.gettempdir())) / "unsent"
 
@@ -194,8 +199,27 @@ class RunSender:
         if "best_model" in due:
             self.client.log_artifact(self.parent_run_id, due["best_model"], "best_model")
             self._drop_copy(due.pop("best_model"))
+        if "lineage" in due:
+            self._send_lineage(due["lineage"])
+            del due["lineage"]
+        if "schedule" in due:
+            self.client.log_dict(self.parent_run_id, due.pop("schedule"), BEST_SCHEDULE_FILE)
         if "end" in due:
             self.client.set_terminated(self.parent_run_id, status=due.pop("end"))
+
+    def _send_lineage(self, exploits: list[dict[str, Any]]) -> None:
+        """PBT's exploits: each with its runs' ids, all on the parent run, each recipient's own
+        on its run (sent once the runs exist: with the sweep's end)."""
+        runs = {tid: run.run_id for tid, run in self._trials.items()}
+        table = [
+            {**e, "run_id": runs.get(e["trial_id"], ""), "donor_run_id": runs.get(e["donor_trial_id"], "")}
+            for e in exploits
+        ]
+        self.client.log_dict(self.parent_run_id, {"exploits": table}, SWEEP_LINEAGE_FILE)
+        for trial_id in dict.fromkeys(e["trial_id"] for e in table):
+            if runs.get(trial_id):
+                own = [e for e in table if e["trial_id"] == trial_id]
+                self.client.log_dict(runs[trial_id], {"trial_id": trial_id, "exploits": own}, LINEAGE_FILE)
 
     def _drop_copy(self, kept: str) -> None:
         """MLflow has it: the copy goes, and the backlog's folder once it is empty."""
