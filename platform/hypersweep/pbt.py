@@ -18,6 +18,15 @@ from typing import Any
 import torch
 
 GroupSettings = list[dict[str, Any]]
+# In a PBT trial's config: a conditional key its configuration does not sample. Tune's variant
+# generator wants every key of the population in its param space (``pbt_scheduler``); a mapping
+# there is a value it does not check a preset value against (a string would warn per key).
+NOT_SAMPLED: Mapping[str, bool] = {"hypersweep_not_sampled": True}
+
+
+def sampled(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration without the keys it did not sample."""
+    return {k: v for k, v in config.items() if v != NOT_SAMPLED}
 
 
 def settings_of(optimizer: torch.optim.Optimizer) -> GroupSettings:

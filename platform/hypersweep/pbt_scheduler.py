@@ -32,6 +32,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from hypersweep import pbt_space
 from hypersweep.config import SchedulerSpec
+from hypersweep.pbt import NOT_SAMPLED, sampled
 from hypersweep.search_space import Choice, IntParam, LogUniform, SearchSpace
 
 _TIME = "epoch"
@@ -58,8 +59,20 @@ def population(space: SearchSpace, size: int, seed: int) -> list[dict[str, Any]]
 
 
 def population_search(space: SearchSpace, size: int, seed: int) -> BasicVariantGenerator:
-    """Tune's variant generator that runs exactly ``population(space, size, seed)``."""
-    return BasicVariantGenerator(points_to_evaluate=population(space, size, seed), random_state=seed)
+    """Tune's variant generator that runs exactly ``population(space, size, seed)``. Its points
+    must name keys of the param space (``placeholders``) and it gives a trial every key of it:
+    a key a configuration did not sample is ``pbt.NOT_SAMPLED`` there (``pbt.sampled``)."""
+    members = population(space, size, seed)
+    points = [{**placeholders(space), **member} for member in members]
+    # No limit on trials at once: every member must exist (PENDING) from the start, so that PBT
+    # pauses a member at each perturbation epoch and runs the one furthest behind
+    # (``choose_trial_to_run``). Members run one after another would never meet in a quantile.
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=seed)
+
+
+def placeholders(space: SearchSpace) -> dict[str, Any]:
+    """Every key of the space, for Tune's param space (each point sets its own values)."""
+    return {name: dict(NOT_SAMPLED) for name in space.names}
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,7 @@ class RecordedPBT(PopulationBasedTraining):
                 "old": before,
                 "donor": {k: trial_to_clone.config.get(k) for k in self._mutated},
                 "new": {k: trial.config.get(k) for k in self._mutated},
+                "config": sampled(trial.config),  # all of it: the donor's, perturbed
             }
         )
 

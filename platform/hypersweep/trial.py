@@ -20,7 +20,7 @@ import torch
 from ray import tune
 from ray.tune.result import DONE
 
-from hypersweep import scoring
+from hypersweep import pbt, scoring
 from hypersweep.experiment import Data, Experiment
 from hypersweep.registry import SweepData, resolve_experiment
 from hypersweep.trainer import TrainerState, TrainSettings, fit
@@ -69,7 +69,8 @@ def trainable(config: dict[str, Any], job: TrialJob) -> None:
     experiment, data = _experiment_and_data(job, device)
     # Where the trial ran, on every result: the driver records it as tags of the trial's run.
     where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
-    fit(experiment, data, config, replace(job.settings, device=str(device)), _TuneReporter(job, where))
+    settings = replace(job.settings, device=str(device))
+    fit(experiment, data, pbt.sampled(config), settings, _TuneReporter(job, where))
 
 
 def _device(gpus: float, *, allow_cpu_fallback: bool) -> tuple[torch.device, str]:

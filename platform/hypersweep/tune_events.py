@@ -10,6 +10,7 @@ import torch
 from ray import tune
 
 from hypersweep.console import Progress
+from hypersweep.pbt import sampled
 from hypersweep.pbt_scheduler import take_exploits
 from hypersweep.tracking import (
     BestTrial,
@@ -61,8 +62,9 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, progress = self._live()
-        recorder.adopt_lost(trial.trial_id, trial.config, {t.trial_id for t in trials})
-        recorder.trial_started(trial.trial_id, trial.config)
+        config = sampled(trial.config)  # a PBT trial's config names keys it did not sample
+        recorder.adopt_lost(trial.trial_id, config, {t.trial_id for t in trials})
+        recorder.trial_started(trial.trial_id, config)
         if progress and not recorder.is_finished(trial.trial_id):
             progress.trial_started(trial.trial_id)
 

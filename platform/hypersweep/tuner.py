@@ -16,7 +16,7 @@ from hypersweep.config import SweepSpec
 from hypersweep.manifest import (
     storage_path,
 )
-from hypersweep.pbt_scheduler import make_pbt, population_search
+from hypersweep.pbt_scheduler import make_pbt, placeholders, population_search
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.trainer import TrainSettings
@@ -39,7 +39,7 @@ def build_tuner(
     pbt = spec.scheduler.type == "pbt"
     return tune.Tuner(
         trainable_of(spec, roots, data),
-        param_space=dict(spec.fixed),
+        param_space={**dict(spec.fixed), **(placeholders(spec.search_space) if pbt else {})},
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
@@ -63,7 +63,8 @@ def build_tuner(
                 )
             ),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
-            max_concurrent_trials=concurrent,
+            # (PBT has no searcher and needs every member at once: see pbt_scheduler.)
+            max_concurrent_trials=None if pbt else concurrent,
             # Trials reuse worker processes: no actor start-up, imports or data load per trial.
             reuse_actors=True,
         ),
