@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hypersweep.cli import main
-from tests.conftest import hypersweep
+from tests.conftest import ROOT, hypersweep
 from tests.mlflow_store import StoredSweep, read_sweep
 
 pytestmark = pytest.mark.slow
@@ -108,3 +108,23 @@ def test_validate_refuses_what_pbt_cannot_do_in_one_line(tmp_path: Path, capsys)
         f"error: {sweep}: scheduler.mutations.optimizer: the optimizer type cannot change "
         "mid-trial: the copied optimizer state (momentum buffers, Adam's moments) belongs to one type"
     )
+
+
+def test_a_shipped_sweep_runs_with_pbt_from_the_command_line(tmp_path: Path) -> None:
+    """``--scheduler pbt`` on a sweep file written for ASHA: PBT's defaults mutate the space's
+    continuous keys the trainer can change, and the interval fits in a shortened sweep."""
+    uri = f"sqlite:///{tmp_path}/x.db"
+    result = hypersweep(
+        *("run", str(ROOT / "experiments" / "digits_cnn.yaml"), "--scheduler", "pbt"),
+        *("--num-samples", "4", "--max-epochs", "4", "--tracking-uri", uri, "--storage", str(tmp_path / "r")),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "note: scheduler.perturbation_interval 4 -> 2" in result.stderr
+    assert "random population, pbt mutating lr, dropout" in result.stdout
+    stored = read_sweep(uri, "digits-cnn")
+    assert len(stored.children) == 4
+    for child in stored.children:
+        assert [step for step, _ in stored.history(child, "hp/dropout")][-1] == 4
+    schedule = _artifact(stored, stored.parent.info.run_id, "best_schedule.json")
+    assert [sorted(e) for e in schedule["epochs"]] == [["dropout", "epoch", "lr"]] * 4

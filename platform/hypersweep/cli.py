@@ -144,10 +144,10 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
         from hypersweep.tuning import run_sweep
 
         check_experiment(spec)
-        _out.print(
-            f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, "
-            f"{spec.search.type} search, {spec.scheduler.type} scheduler"
-        )
+        how = f"{spec.search.type} search, {spec.scheduler.type} scheduler"
+        if spec.mutations:  # PBT samples its population at random and has no searcher
+            how = f"random population, pbt mutating {', '.join(spec.mutations)}"
+        _out.print(f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, {how}")
         with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
             outcome = run_sweep(spec, address=address, progress=progress, node=node)
     finally:
