@@ -196,3 +196,25 @@ def test_joining_without_the_token_is_one_clear_line(ray_cluster, mlflow_server,
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: --address: {ray_cluster.address}: cannot join")
     assert _no_experiment(mlflow_server, "pf-token")
+
+
+def test_a_pbt_sweep_copies_weights_between_nodes(ray_cluster, mlflow_server, tmp_path) -> None:
+    """PBT on the cluster: members on different nodes, a donor's checkpoint read from the shared
+    storage by whichever node runs the member that copies it."""
+    args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-pbt")
+    args[args.index("fifo")] = "pbt"
+    result = run_cli(
+        ray_cluster,
+        *args,
+        "--shared-storage",
+        *("--num-samples", "4", "--max-epochs", "6", "--set", "scheduler.perturbation_interval=2"),
+        *("--set", "scheduler.quantile_fraction=0.5", "--set", "training.patience=null"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = read_sweep(mlflow_server.uri, "cluster-pbt")
+    assert len(stored.children) == 4
+    assert len({stored.tag(c, "node_id") for c in stored.children}) >= 2
+    assert all(stored.history(c, "hp/lr")[-1][0] == 6 for c in stored.children)
+    names = {a.path for a in stored.client.list_artifacts(stored.parent.info.run_id)}
+    assert {"best_model", "best_schedule.json"} <= names
