@@ -73,6 +73,11 @@ class KeepsALock(ToyRegression):
             ": scheduler.mutations.optimizer: the optimizer type cannot change mid-trial",
         ),
         (
+            BASE.replace("{lr:", "{batch_size: {type: choice, values: [8, 16]}, lr:")
+            + "scheduler: {type: pb2, mutations: [lr, batch_size]}\n",
+            ": scheduler.mutations.batch_size: is a choice: pb2 models ranges only",
+        ),
+        (
             BASE.replace("{lr:", "{width: {type: choice, values: [8, 16]}, lr:")
             + "scheduler: {type: pbt, mutations: [width]}\n",
             ": scheduler.mutations.width: the trainer cannot change width mid-trial (it shapes the model)",

@@ -128,3 +128,20 @@ def test_a_shipped_sweep_runs_with_pbt_from_the_command_line(tmp_path: Path) -> 
         assert [step for step, _ in stored.history(child, "hp/dropout")][-1] == 4
     schedule = _artifact(stored, stored.parent.info.run_id, "best_schedule.json")
     assert [sorted(e) for e in schedule["epochs"]] == [["dropout", "epoch", "lr"]] * 4
+
+
+def test_pb2_trains_the_population_with_values_within_the_space(tmp_path: Path) -> None:
+    """PB2 (Ray's GP bandit picks the new values): same population, same records; its values
+    stay within the space's ranges, which Ray's explore does not ensure by itself."""
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    uri = f"sqlite:///{tmp_path}/x.db"
+    args = ("--scheduler", "pb2", "--tracking-uri", uri, "--storage", str(tmp_path / "r"))
+    result = hypersweep("run", "sweep.yaml", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "random population, pb2 mutating lr, dropout" in result.stdout
+    stored = read_sweep(uri, "toy-pbt")
+    assert len(stored.children) == 4
+    for child in stored.children:
+        lrs = [value for _, value in stored.history(child, "hp/lr")]
+        assert len(lrs) >= 3 and all(1e-4 <= lr <= 0.5 for lr in lrs), lrs
+        assert all(0.0 <= p <= 0.3 for _, p in stored.history(child, "hp/dropout"))

@@ -43,8 +43,8 @@ def _sweep_options(fn: Any) -> Any:
         click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
         click.option(
             "--scheduler",
-            type=click.Choice(["asha", "hyperband", "median", "fifo", "pbt"]),
-            help="fifo: no early stopping; pbt: population-based training.",
+            type=click.Choice(["asha", "hyperband", "median", "fifo", "pbt", "pb2"]),
+            help="fifo: no early stopping; pbt, pb2: population-based training.",
         ),
         click.option("--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."),
         click.option("--cpus-per-trial", type=float),
@@ -146,7 +146,7 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
         check_experiment(spec)
         how = f"{spec.search.type} search, {spec.scheduler.type} scheduler"
         if spec.mutations:  # PBT samples its population at random and has no searcher
-            how = f"random population, pbt mutating {', '.join(spec.mutations)}"
+            how = f"random population, {spec.scheduler.type} mutating {', '.join(spec.mutations)}"
         _out.print(f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, {how}")
         with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
             outcome = run_sweep(spec, address=address, progress=progress, node=node)

@@ -48,9 +48,11 @@ class SchedulerSpec(_Frozen):
     pbt: population-based training: every perturbation_interval epochs a trial in the bottom
     quantile_fraction copies the weights of one in the top quantile_fraction and continues with
     its hyperparameters perturbed (``mutations``: keys of the search space; see ``pbt_space``).
+    pb2: population-based bandits: PBT whose new values come from a Gaussian-process bandit over
+    the population's results (Ray's ``PB2``) instead of random factors; ranges only, no choices.
     """
 
-    type: Literal["asha", "hyperband", "median", "fifo", "pbt"] = "asha"
+    type: Literal["asha", "hyperband", "median", "fifo", "pbt", "pb2"] = "asha"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
     brackets: Annotated[int, Field(ge=1)] = 3  # hyperband only
@@ -60,6 +62,11 @@ class SchedulerSpec(_Frozen):
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
     resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
     mutations: tuple[str, ...] = ()
+
+    @property
+    def population_based(self) -> bool:
+        """PBT or PB2: a population whose members copy each other, not trials stopped early."""
+        return self.type in ("pbt", "pb2")
 
     @field_validator("mutations", mode="before")
     @classmethod
@@ -165,7 +172,7 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        if self.scheduler.type == "pbt":
+        if self.scheduler.population_based:
             _check_pbt(self)
         elif self.scheduler.type != "fifo" and self.scheduler.grace_period > self.max_epochs:
             raise _KeyedError(
@@ -193,7 +200,7 @@ class SweepSpec(_Frozen):
     @property
     def mutations(self) -> tuple[str, ...]:
         """The keys PBT perturbs (empty unless the scheduler is pbt)."""
-        if self.scheduler.type != "pbt":
+        if not self.scheduler.population_based:
             return ()
         return self.scheduler.mutations or pbt_space.default_mutations(self.search_space)
 
@@ -225,13 +232,15 @@ def _check_pbt(spec: SweepSpec) -> None:
     if spec.num_samples < _PBT_POPULATION:
         raise _KeyedError(
             "num_samples",
-            f"{spec.num_samples} is too small a population for pbt: at least {_PBT_POPULATION}, "
+            f"{spec.num_samples} is too small a population for {scheduler.type}: at least {_PBT_POPULATION}, "
             "so that a bottom and a top quantile exist",
         )
     if spec.search.warm_start:
-        raise _KeyedError("search.warm_start", "pbt samples its population itself: no searcher to seed")
+        raise _KeyedError(
+            "search.warm_start", f"{scheduler.type} samples its population itself: no searcher to seed"
+        )
     for key in scheduler.mutations:
-        problem = pbt_space.mutation_problem(key, spec.search_space, spec.fixed)
+        problem = pbt_space.mutation_problem(key, spec.search_space, spec.fixed, scheduler.type)
         if problem is not None:
             hint = did_you_mean(key, spec.search_space.names) if "not a key" in problem else ""
             raise _KeyedError(f"scheduler.mutations.{key}", problem + hint)
@@ -327,7 +336,8 @@ def _fit_shortened(data: dict[str, Any], given: set[str]) -> list[str]:
     if "scheduler.grace_period" not in given and isinstance(grace, int) and 1 <= epochs < grace:
         scheduler["grace_period"] = epochs
         notes.append(f"scheduler.grace_period {grace} -> {epochs}: the sweep's max_epochs is {epochs}")
-    interval = scheduler.get("perturbation_interval", 4) if scheduler.get("type") == "pbt" else None
+    population = scheduler.get("type") in ("pbt", "pb2")
+    interval = scheduler.get("perturbation_interval", 4) if population else None
     if (
         "scheduler.perturbation_interval" not in given
         and isinstance(interval, int)

@@ -1,5 +1,5 @@
-"""Driver side of population-based training: Ray's ``PopulationBasedTraining`` over the sweep's
-search space, its initial population, and a record of every exploit for the tracking callback.
+"""Driver side of population-based training: Ray's ``PopulationBasedTraining`` (or ``PB2``) over
+the sweep's search space, its initial population, and a record of every exploit for the tracking callback.
 
 How Ray's PBT (``ray/tune/schedulers/pbt.py``, Ray 2.60) exploits a function trainable: at a result
 whose ``epoch`` is ``perturbation_interval`` past the trial's last perturbation, a trial in the
@@ -25,9 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator
 
 from hypersweep import pbt_space
@@ -108,12 +110,14 @@ def _distribution(entry: Any) -> Any:
     return tune.uniform(entry.low, entry.high)
 
 
-class RecordedPBT(PopulationBasedTraining):
-    """Ray's PBT with every exploit recorded (``take_exploits``): the recipient, the donor, the
-    epoch it continues from, and the mutated keys' values before and after."""
+class _Recorded(PopulationBasedTraining):
+    """Ray's PBT (or PB2) with every exploit recorded (``take_exploits``): the recipient, the
+    donor, the epoch it continues from, and the mutated keys' values before and after."""
 
-    def __init__(self, *, sweep_id: str, mutations: Sequence[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    _sweep_id: str
+    _mutated: tuple[str, ...]
+
+    def _record_as(self, sweep_id: str, mutations: Sequence[str]) -> None:
         self._sweep_id = sweep_id
         self._mutated = tuple(mutations)
 
@@ -138,22 +142,41 @@ class RecordedPBT(PopulationBasedTraining):
         )
 
 
-def make_pbt(
+class RecordedPBT(_Recorded):
+    """Ray's PBT, its exploits recorded."""
+
+
+class RecordedPB2(_Recorded, PB2):
+    """Ray's PB2 (new values from a GP bandit over the population's results), exploits recorded."""
+
+
+def make_population_based(
     scheduler: SchedulerSpec, *, space: SearchSpace, mutations: Sequence[str], sweep_id: str, seed: int
-) -> RecordedPBT:
-    """Ray's PBT on ``epoch`` with the sweep's settings; metric and mode come from Tune's config."""
+) -> _Recorded:
+    """Ray's PBT or PB2 on ``epoch`` with the sweep's settings; metric and mode come from Tune's
+    config."""
     entries = dict(space.entries)
     bounds = pbt_space.bounds(space, mutations)
     integers = frozenset(k for k in mutations if isinstance(entries[k], IntParam))
     random.seed(seed)  # Ray's explore draws from the random module: a seeded sweep repeats
-    return RecordedPBT(
-        sweep_id=sweep_id,
-        mutations=mutations,
-        time_attr=_TIME,
-        perturbation_interval=scheduler.perturbation_interval,
-        quantile_fraction=scheduler.quantile_fraction,
-        resample_probability=scheduler.resample_probability,
-        hyperparam_mutations={k: _distribution(entries[k]) for k in mutations},
-        custom_explore_fn=_Clip(bounds, integers),
-        log_config=False,  # its pbt_policy files duplicate what MLflow records
-    )
+    np.random.seed(seed)  # and PB2's from numpy's
+    shared: dict[str, Any] = {
+        "time_attr": _TIME,
+        "perturbation_interval": scheduler.perturbation_interval,
+        "quantile_fraction": scheduler.quantile_fraction,
+        "custom_explore_fn": _Clip(bounds, integers),
+        "log_config": False,  # its pbt_policy files duplicate what MLflow records
+    }
+    made: _Recorded
+    if scheduler.type == "pb2":
+        # PB2 models each key on its linear range: a log-uniform lr is explored in [low, high]
+        # as it is, not on its log scale (Ray's pb2_utils normalises linearly).
+        made = RecordedPB2(hyperparam_bounds={k: list(bounds[k]) for k in mutations}, **shared)
+    else:
+        made = RecordedPBT(
+            hyperparam_mutations={k: _distribution(entries[k]) for k in mutations},
+            resample_probability=scheduler.resample_probability,
+            **shared,
+        )
+    made._record_as(sweep_id, mutations)
+    return made

@@ -36,7 +36,9 @@ _WHY_NOT: Mapping[str, str] = {
 }
 
 
-def mutation_problem(key: str, space: SearchSpace, fixed: Mapping[str, object]) -> str | None:
+def mutation_problem(
+    key: str, space: SearchSpace, fixed: Mapping[str, object], scheduler: str = "pbt"
+) -> str | None:
     """Why ``key`` cannot be a PBT mutation of this space (None: it can)."""
     entries = dict(space.entries)
     if key not in entries:
@@ -51,6 +53,8 @@ def mutation_problem(key: str, space: SearchSpace, fixed: Mapping[str, object]) 
     entry = entries[key]
     if not isinstance(entry, LogUniform | Uniform | IntParam | Choice):
         return "is a constant in the search space: there is nothing to mutate"
+    if scheduler == "pb2" and isinstance(entry, Choice):
+        return "is a choice: pb2 models ranges only (loguniform, uniform, int); pbt resamples choices"
     if entry.when:
         names = ", ".join(entry.when)
         return f"is sampled only for some values of {names}: PBT mutates keys every member has"

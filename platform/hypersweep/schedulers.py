@@ -44,8 +44,8 @@ def make_scheduler(
     ``journal``: where its state is kept for a resume (None: in memory only, as in replays)."""
     if scheduler.type == "fifo":
         return FIFOScheduler()
-    if scheduler.type == "pbt":
-        raise ValueError("pbt needs the search space and the sweep: pbt_scheduler.make_pbt")
+    if scheduler.population_based:
+        raise ValueError("pbt needs the search space and the sweep: pbt_scheduler.make_population_based")
     if scheduler.type == "median":
         return DurableMedianRule(
             journal,
@@ -67,11 +67,11 @@ def decision_epochs(spec: SweepSpec) -> frozenset[int]:
     """The epochs at which the scheduler decides, where a trial always reports (with a
     checkpoint): every rung of every ASHA / Hyperband bracket (see ``SchedulerSpec.rungs``), and
     for the median rule every epoch from its grace period on (it judges a trial at any result,
-    and a batched report would let a fast trial finish before it was ever judged). PBT decides
+    and a batched report would let a fast trial finish before it was ever judged). PBT (and PB2) decide
     at every multiple of its perturbation interval, and a trial it copies needs its checkpoint
     from exactly then. FIFO decides nothing."""
     scheduler = spec.scheduler
-    if scheduler.type == "pbt":
+    if scheduler.population_based:
         return frozenset(
             range(scheduler.perturbation_interval, spec.max_epochs + 1, scheduler.perturbation_interval)
         )

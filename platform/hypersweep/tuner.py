@@ -16,7 +16,7 @@ from hypersweep.config import SweepSpec
 from hypersweep.manifest import (
     storage_path,
 )
-from hypersweep.pbt_scheduler import make_pbt, placeholders, population_search
+from hypersweep.pbt_scheduler import make_population_based, placeholders, population_search
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
 from hypersweep.searcher import STUDY_FILE, make_searcher
 from hypersweep.trainer import TrainSettings
@@ -36,7 +36,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
     the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start)."""
-    pbt = spec.scheduler.type == "pbt"
+    pbt = spec.scheduler.population_based
     return tune.Tuner(
         trainable_of(spec, roots, data),
         param_space={**dict(spec.fixed), **(placeholders(spec.search_space) if pbt else {})},
@@ -50,7 +50,7 @@ def build_tuner(
                 else _searcher(spec, folder / STUDY_FILE, sweep_id, seeded)
             ),
             scheduler=(
-                make_pbt(
+                make_population_based(
                     spec.scheduler,
                     space=spec.search_space,
                     mutations=spec.mutations,
