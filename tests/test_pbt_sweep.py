@@ -83,6 +83,17 @@ def test_each_exploit_names_its_donor_on_both_runs_and_on_the_parent(pbt_sweep: 
         assert stored.history(runs[trial_id], "hp/lr")[-1][1] == pytest.approx(exploit["new"]["lr"])
 
 
+def test_the_report_draws_the_schedules_and_lists_every_exploit(pbt_sweep: StoredSweep) -> None:
+    stored = pbt_sweep
+    parent = stored.parent.info.run_id
+    names = {a.path for a in stored.client.list_artifacts(parent, "report")}
+    assert "report/schedules.png" in names
+    page = Path(stored.client.download_artifacts(parent, "report/report.html")).read_text()
+    lineage = _artifact(stored, parent, "pbt_lineage.json")["exploits"]
+    table = page.split('<table id="lineage">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + len(lineage)  # the head and one row per exploit
+
+
 def test_the_best_trials_weights_and_whole_schedule_are_on_the_parent(pbt_sweep: StoredSweep) -> None:
     stored = pbt_sweep
     parent = stored.parent.info.run_id

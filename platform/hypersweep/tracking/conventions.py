@@ -28,6 +28,7 @@ LINEAGE_FILE, SWEEP_LINEAGE_FILE, BEST_SCHEDULE_FILE = (
     "pbt_lineage.json",
     "best_schedule.json",
 )
+HP_PREFIX = "hp/"  # a trial's metric hp/<key>: a key PBT changes, per epoch (pbt.hp_metrics)
 LOST_REASON = "lost"  # the stop reason of a lost trial whose configuration did not run again
 _RUN_STATUS = {"failed": RunStatus.FAILED, "interrupted": RunStatus.KILLED}  # by hypersweep.status
 # Result keys recorded as tags of the trial's run: where it ran (worker node, device).
