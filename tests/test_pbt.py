@@ -100,3 +100,56 @@ def test_loading_a_donors_optimizer_state_brings_its_old_lr_unless_the_settings_
     assert recipient.param_groups[0]["lr"] == 0.1  # what torch does: the donor's values
     pbt.restore_settings(recipient, wanted)
     assert (recipient.param_groups[0]["lr"], recipient.param_groups[0]["momentum"]) == (0.05, 0.8)
+
+
+def _space() -> Any:
+    from hypersweep.search_space import parse_search_space
+
+    return parse_search_space(
+        {
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 0.1},
+            "optimizer": {"type": "choice", "values": ["sgd", "momentum"]},
+            "momentum": {"type": "uniform", "low": 0.5, "high": 0.99, "when": {"optimizer": "momentum"}},
+            "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        },
+        "space",
+    )
+
+
+def test_the_population_is_seeded_and_keeps_conditions() -> None:
+    from hypersweep.pbt_scheduler import population
+
+    members = population(_space(), 8, seed=1)
+    assert members == population(_space(), 8, seed=1) != population(_space(), 8, seed=2)
+    for member in members:
+        assert ("momentum" in member) == (member["optimizer"] == "momentum")
+        assert 1e-4 <= member["lr"] <= 0.1
+
+
+def test_a_perturbed_value_stays_within_the_space() -> None:
+    from hypersweep.pbt_scheduler import _Clip
+
+    clip = _Clip({"dropout": (0.0, 0.5), "batch_size": (16.0, 128.0)}, frozenset({"batch_size"}))
+    assert clip({"dropout": 0.6, "batch_size": 153.6, "lr": 5.0}) == {
+        "dropout": 0.5,
+        "batch_size": 128,
+        "lr": 5.0,
+    }
+
+
+def test_pbt_reports_with_a_checkpoint_at_every_perturbation_epoch() -> None:
+    from hypersweep.config import SweepSpec
+    from hypersweep.schedulers import decision_epochs
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "t",
+            "experiment": "tests.toy:ToyRegression",
+            "search_space": _space(),
+            "max_epochs": 7,
+            "num_samples": 4,
+            "scheduler": {"type": "pbt", "perturbation_interval": 2},
+        }
+    )
+    assert decision_epochs(spec) == {2, 4, 6}
+    assert spec.mutations == ("lr", "dropout")  # momentum is conditional: not every member has it
