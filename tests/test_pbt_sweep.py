@@ -106,6 +106,16 @@ def test_the_best_trials_weights_and_whole_schedule_are_on_the_parent(pbt_sweep:
     best_run = next(c for c in stored.children if stored.tag(c, "trial_id") == best)
     # Its last epochs are its own; earlier ones may be a donor's, from before it copied them.
     assert schedule["epochs"][-1]["lr"] == pytest.approx(stored.history(best_run, "hp/lr")[-1][1])
+    # Its configuration is what its final weights trained with: its last exploit's, if any.
+    copied = [
+        e["config"]
+        for e in _artifact(stored, parent, "pbt_lineage.json")["exploits"]
+        if e["trial_id"] == best
+    ]
+    config = _artifact(stored, parent, "best_config.json")
+    assert config["lr"] == pytest.approx(schedule["epochs"][-1]["lr"])
+    if copied:
+        assert config == copied[-1]
 
 
 def test_validate_refuses_what_pbt_cannot_do_in_one_line(tmp_path: Path, capsys) -> None:

@@ -283,6 +283,11 @@ def best(sweep: str, tracking_uri: str | None) -> None:
     _out.print(f"MLflow run id: {summary.run_id}")
     for key, value in sorted(summary.config.items()):
         _out.print(f"  {key}: {value}")
+    if summary.population_based:
+        _out.print(
+            "  (its first configuration: population-based training changed it while it trained; "
+            "the parent run's best_config.json holds its last, best_schedule.json every epoch's)"
+        )
 
 
 @cli.command()

@@ -190,7 +190,9 @@ class SweepRecorder(RunSender):
             return None
         _, tid = min(scored)
         run = self._trials[tid]
-        return BestTrial(tid, run.run_id, run.best, run.config)
+        # A PBT member's configuration is its last exploit's: what its final weights trained with.
+        copied = [e["config"] for e in self.lineage if e["trial_id"] == tid]
+        return BestTrial(tid, run.run_id, run.best, copied[-1] if copied else run.config)
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """Finished trials -> a final result as Tune wants one (last epoch, best value, reason)."""
