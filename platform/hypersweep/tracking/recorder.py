@@ -151,8 +151,8 @@ class SweepRecorder(RunSender):
             run = self._trials.get(trial_id)
             if run is None:
                 return
-            self.lineage.append(dict(exploit))
-            count = sum(1 for e in self.lineage if e["trial_id"] == trial_id)
+            run.exploits.append({**exploit, "at_ms": _now_ms()})
+            count = len(run.exploits)
             run.pending_tags += [
                 RunTag(PBT_DONOR, str(exploit["donor_trial_id"])),
                 RunTag(PBT_EXPLOITS, str(count)),
@@ -191,8 +191,14 @@ class SweepRecorder(RunSender):
         _, tid = min(scored)
         run = self._trials[tid]
         # A PBT member's configuration is its last exploit's: what its final weights trained with.
-        copied = [e["config"] for e in self.lineage if e["trial_id"] == tid]
-        return BestTrial(tid, run.run_id, run.best, copied[-1] if copied else run.config)
+        config = run.exploits[-1]["config"] if run.exploits else run.config
+        return BestTrial(tid, run.run_id, run.best, config)
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """Every PBT exploit of the sweep, in the order they happened."""
+        exploits = [e for run in self._trials.values() for e in run.exploits]
+        return sorted(exploits, key=lambda e: int(e["at_ms"]))
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """Finished trials -> a final result as Tune wants one (last epoch, best value, reason)."""

@@ -90,6 +90,9 @@ class _TrialRun:
     # Its place in the order the sweep's trials started (1, 2, ...), in its run's name; kept here
     # so that a resumed sweep numbers on. 0: saved by an earlier version (named by trial id).
     number: int = 0
+    # PBT: the exploits this trial made, oldest first (``SweepRecorder.trial_exploited``); kept
+    # with the trial's state, so a resumed sweep's lineage has them.
+    exploits: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -154,8 +157,6 @@ class RunSender:
         self._stop_writer = threading.Event()
         # The parent run's last writes, queued by finish_sweep: "best", "best_model", "end".
         self._parent_due: dict[str, Any] = {}
-        # PBT's exploits so far, sent with the sweep's end (``SweepRecorder.trial_exploited``).
-        self.lineage: list[dict[str, Any]] = []
         # Copies of files MLflow has not taken yet (the artifacts of an outage).
         self._backlog = (state_file.parent if state_file else Path(tempfile.gettempdir())) / "unsent"
 
