@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DEFAULT_SWEEP
+from tests.conftest import DEFAULT_SWEEP, ROOT
 from tests.mlflow_store import read_sweep
 from tests.ray_cluster import LocalRayCluster, MlflowServer
 
@@ -44,9 +44,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
 
 
-def run_cli(cluster: LocalRayCluster, *args: str, cwd: Path, env: dict[str, str] | None = None):
+def run_cli(
+    cluster: LocalRayCluster,
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    sweep: Path = DEFAULT_SWEEP,
+):
     return subprocess.run(
-        [sys.executable, "-m", "hypersweep", "run", str(DEFAULT_SWEEP), *args],
+        [sys.executable, "-m", "hypersweep", "run", str(sweep), *args],
         cwd=cwd,
         env=env if env is not None else cluster.client_env(),
         capture_output=True,
@@ -199,8 +205,9 @@ def test_joining_without_the_token_is_one_clear_line(ray_cluster, mlflow_server,
 
 
 def test_a_pbt_sweep_copies_weights_between_nodes(ray_cluster, mlflow_server, tmp_path) -> None:
-    """PBT on the cluster: members on different nodes, a donor's checkpoint read from the shared
-    storage by whichever node runs the member that copies it."""
+    """``--scheduler pbt`` on the digits CNN's sweep file, on the cluster: members on different
+    nodes, a donor's checkpoint read from the shared storage by whichever node runs the member
+    that copies it."""
     args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-pbt")
     args[args.index("fifo")] = "pbt"
     result = run_cli(
@@ -210,6 +217,7 @@ def test_a_pbt_sweep_copies_weights_between_nodes(ray_cluster, mlflow_server, tm
         *("--num-samples", "4", "--max-epochs", "6", "--set", "scheduler.perturbation_interval=2"),
         *("--set", "scheduler.quantile_fraction=0.5", "--set", "training.patience=null"),
         cwd=tmp_path,
+        sweep=ROOT / "experiments" / "digits_cnn.yaml",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     stored = read_sweep(mlflow_server.uri, "cluster-pbt")

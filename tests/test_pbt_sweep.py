@@ -118,6 +118,15 @@ def test_the_best_trials_weights_and_whole_schedule_are_on_the_parent(pbt_sweep:
         assert config == copied[-1]
 
 
+def test_replay_refuses_a_pbt_sweep_in_one_line(pbt_sweep: StoredSweep, capsys) -> None:
+    uri = pbt_sweep.client.tracking_uri
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", "toy-pbt", "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "ran pbt: its trials changed hyperparameters while they trained" in err
+
+
 def test_validate_refuses_what_pbt_cannot_do_in_one_line(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "bad.yaml"
     sweep.write_text(SWEEP.replace("quantile_fraction: 0.5", "mutations: [lr, optimizer]"))
