@@ -88,8 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=sorted(CONTENDERS), help="run one contender")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.only:
+        for name in [n for n in CONTENDERS if n != args.only]:
+            del CONTENDERS[name]
     rows = run(args.seeds)
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
