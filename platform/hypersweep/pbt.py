@@ -12,7 +12,6 @@ configuration, so its dropout modules have the new rate before the donor's weigh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,20 +39,6 @@ def restore_settings(optimizer: torch.optim.Optimizer, settings: GroupSettings) 
     param groups; the optimizer's state (moments, momentum buffers) stays as loaded."""
     for group, wanted in zip(optimizer.param_groups, settings, strict=True):
         group.update(wanted)
-
-
-def ranked_value(epoch_value: Any, result: float) -> float:
-    """What PBT ranks a member by: the value of the epoch it reports at, not the trial's result
-    so far (its best). A member that a perturbation made worse must rank lower, and one that
-    copied a donor must not inherit the donor's best: ranked by its best, neither would show.
-    ``result``: the trial's result so far, used when the epoch has no value (or diverged)."""
-    if (
-        isinstance(epoch_value, int | float)
-        and not isinstance(epoch_value, bool)
-        and math.isfinite(epoch_value)
-    ):
-        return float(epoch_value)
-    return result
 
 
 def hp_values(config: Mapping[str, Any], keys: Sequence[str]) -> dict[str, float]:

@@ -51,8 +51,6 @@ class TrialJob:
     checkpoint_every_s: float = 0.0  # at most this long between checkpoints (0: every report)
     # On resume: trials the driver's records show finished -> their final result (see trainable).
     finished: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # PBT / PB2 rank members by the epoch's own value (see ``pbt.ranked_value``).
-    rank_by_epoch: bool = False
 
 
 # Per worker process (trials reuse it): the experiment and its data on each device used.
@@ -174,6 +172,4 @@ class _TuneReporter:
         measured values, for MLflow."""
         mode = self.job.mode
         result = scoring.worst(mode) if metrics.get("stop_reason") == "diverged" else self._result
-        if self.job.rank_by_epoch:
-            result = pbt.ranked_value(metrics.get(self.job.metric), result)
         return {**metrics, self.job.metric: scoring.or_worst(result, mode)}

@@ -115,7 +115,6 @@ def trainable_of(
         report_every_s=spec.training.report_every_s,
         checkpoint_every_s=spec.training.checkpoint_every_s,
         finished=dict(finished or {}),
-        rank_by_epoch=spec.scheduler.population_based,
     )
     return tune.with_resources(
         tune.with_parameters(trainable, job=job), cluster.trial_resources(spec.resources)
