@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,9 +60,9 @@ def run(seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], seconds: float, seeds: list[int]) -> str:
+def markdown(rows: list[dict[str, Any]], seconds: float, command: str) -> str:
     lines = [
-        f"Made by `python -m benchmarks.pbt --seeds {' '.join(map(str, seeds))}` in {seconds:.0f} s on "
+        f"Made by `{command}` in {seconds:.0f} s on "
         f"{time.strftime('%Y-%m-%d %H:%M')}: experiments/digits_cnn.yaml, 2 CPU cores, one run per "
         "contender and seed (see the module's docstring for the settings).",
         "",
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pbt.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "pbt.md").write_text(markdown(rows, seconds, args.seeds))
+    command = " ".join(["python -m benchmarks.pbt", *(argv if argv is not None else sys.argv[1:])])
+    (args.out / "pbt.md").write_text(markdown(rows, seconds, command))
     print(f"wrote {args.out / 'pbt.md'}")
 
 
