@@ -127,6 +127,13 @@ def test_replay_refuses_a_pbt_sweep_in_one_line(pbt_sweep: StoredSweep, capsys) 
     assert "ran pbt: its trials changed hyperparameters while they trained" in err
 
 
+def test_validate_names_the_keys_pbt_will_mutate(tmp_path: Path) -> None:
+    sweep = str(ROOT / "experiments" / "breast_cancer_mlp.yaml")
+    result = hypersweep("validate", sweep, "--scheduler", "pb2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("; pb2 mutating lr, dropout")
+
+
 def test_validate_refuses_what_pbt_cannot_do_in_one_line(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "bad.yaml"
     sweep.write_text(SWEEP.replace("quantile_fraction: 0.5", "mutations: [lr, optimizer]"))

@@ -263,7 +263,9 @@ def validate(sweep_file: str, overrides: tuple[str, ...], address: str | None, *
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
         f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}; "
         f"{cluster.concurrency(spec.resources, info)} trial(s) at once on {where} "
-        f"({info.cpus:g} CPU, {info.gpus:g} GPU)" + (f"; {warm}" if warm else "")
+        f"({info.cpus:g} CPU, {info.gpus:g} GPU)"
+        + (f"; {warm}" if warm else "")
+        + (f"; {spec.scheduler.type} mutating {', '.join(spec.mutations)}" if spec.mutations else "")
     )
 
 
