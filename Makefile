@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 SWEEP ?= experiments/breast_cancer_mlp.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install sweep test test-gpu lint bench bench-gpu bench-search bench-warm-start bench-tables bench-experiments clean
+.PHONY: install sweep test test-gpu lint bench bench-gpu bench-search bench-warm-start bench-pbt bench-tables bench-experiments clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ bench-search: $(STAMP)
 # Warm start against cold start for a narrowed follow-up sweep, replayed on the same tables (~1 minute).
 bench-warm-start: $(STAMP)
 	$(PY) -m benchmarks.warm_start
+
+# Population-based training against ASHA + TPE, real sweeps of the digits CNN (~5 minutes on 2 cores).
+bench-pbt: $(STAMP)
+	$(PY) -m benchmarks.pbt
 
 # Record the replay tables again (real sweeps, 200 trials each: about 10 minutes on 2 cores).
 bench-tables: $(STAMP)

@@ -63,6 +63,37 @@ class KeepsALock(ToyRegression):
         (BASE + "scheduler: {type: hyperbnd}\n", ": scheduler.type: "),
         (BASE + "metric: val_loss\nmode: max\n", ": mode: max with metric val_loss: a loss is minimised"),
         (BASE + "search: {type: grid}\n", ": search.type: "),
+        (
+            BASE + "max_epochs: 4\nscheduler: {type: pbt, perturbation_interval: 4}\n",
+            ": scheduler.perturbation_interval: 4 is not below max_epochs (4): no trial would ever copy",
+        ),
+        (
+            BASE + "num_samples: 3\nscheduler: {type: pbt, perturbation_interval: 2}\n",
+            ": num_samples: 3 is too small a population for pbt: at least 4",
+        ),
+        (
+            BASE + "scheduler: {type: pbt, mutations: [dropout]}\n",
+            ": scheduler.mutations.dropout: is not a key of the search space",
+        ),
+        (
+            BASE + "fixed: {optimizer: sgd}\nscheduler: {type: pbt, mutations: [optimizer]}\n",
+            ": scheduler.mutations.optimizer: is fixed, not in the search space",
+        ),
+        (
+            BASE.replace("{lr:", "{optimizer: {type: choice, values: [sgd, adam]}, lr:")
+            + "scheduler: {type: pbt, mutations: [lr, optimizer]}\n",
+            ": scheduler.mutations.optimizer: the optimizer type cannot change mid-trial",
+        ),
+        (
+            BASE.replace("{lr:", "{batch_size: {type: choice, values: [8, 16]}, lr:")
+            + "scheduler: {type: pb2, mutations: [lr, batch_size]}\n",
+            ": scheduler.mutations.batch_size: is a choice: pb2 models ranges only",
+        ),
+        (
+            BASE.replace("{lr:", "{width: {type: choice, values: [8, 16]}, lr:")
+            + "scheduler: {type: pbt, mutations: [width]}\n",
+            ": scheduler.mutations.width: the trainer cannot change width mid-trial (it shapes the model)",
+        ),
         (BASE.replace("tests.toy:", "broken_syntax:"), ": experiment: 'broken_syntax' has a syntax error"),
         (
             BASE.replace("tests.toy:", "raises_on_import:"),
@@ -81,6 +112,11 @@ class KeepsALock(ToyRegression):
         (
             BASE.replace("tests.toy:ToyRegression", "loops:reports_val_mae") + "training: {amp: true}\n",
             ": training.amp: the generic loop's setting; a training function does this in its own loop",
+        ),
+        (
+            BASE.replace("tests.toy:ToyRegression", "loops:reports_val_mae")
+            + "num_samples: 4\nmax_epochs: 6\nscheduler: {type: pbt, perturbation_interval: 2}\n",
+            ": scheduler.type: pbt needs the generic loop (it changes lr and dropout mid-trial)",
         ),
         (
             BASE.replace("tests.toy:ToyRegression", "loops:no_such_loop"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DEFAULT_SWEEP
+from tests.conftest import DEFAULT_SWEEP, ROOT
 from tests.mlflow_store import read_sweep
 from tests.ray_cluster import LocalRayCluster, MlflowServer
 
@@ -44,9 +44,15 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
 
 
-def run_cli(cluster: LocalRayCluster, *args: str, cwd: Path, env: dict[str, str] | None = None):
+def run_cli(
+    cluster: LocalRayCluster,
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    sweep: Path = DEFAULT_SWEEP,
+):
     return subprocess.run(
-        [sys.executable, "-m", "hypersweep", "run", str(DEFAULT_SWEEP), *args],
+        [sys.executable, "-m", "hypersweep", "run", str(sweep), *args],
         cwd=cwd,
         env=env if env is not None else cluster.client_env(),
         capture_output=True,
@@ -198,36 +204,18 @@ def test_joining_without_the_token_is_one_clear_line(ray_cluster, mlflow_server,
     assert _no_experiment(mlflow_server, "pf-token")
 
 
-def _run_sweep(
-    cluster: LocalRayCluster, sweep: Path, *args: str, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hypersweep", "run", str(sweep), *args],
-        cwd=cwd,
-        env=cluster.client_env(),
-        capture_output=True,
-        text=True,
-        timeout=420,
-        check=False,
-    )
-
-
 def test_a_training_function_sweeps_with_asha_on_the_cluster(ray_cluster, mlflow_server, tmp_path) -> None:
     """The own-loop example (a plain function, imported on the nodes through the runtime env
     from the sweep file's folder) with ASHA: one nested run per trial, some stopped early."""
     example = Path(__file__).resolve().parents[1] / "examples" / "own_loop" / "own_loop.yaml"
     args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-own-loop")
     args[args.index("fifo")] = "asha"
-    result = _run_sweep(
+    result = run_cli(
         ray_cluster,
-        example,
         *args,
-        "--shared-storage",
-        "--num-samples",
-        "6",
-        "--max-epochs",
-        "6",
+        *("--shared-storage", "--num-samples", "6", "--max-epochs", "6"),
         cwd=tmp_path,
+        sweep=example,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     stored = read_sweep(mlflow_server.uri, "cluster-own-loop")
@@ -250,10 +238,34 @@ def test_mlflow_calls_inside_a_function_reach_the_trials_run_from_any_node(
         "max_epochs: 2\nnum_samples: 3\ntraining: {patience: null}\n"
     )
     args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-fn-mlflow")
-    result = _run_sweep(ray_cluster, sweep, *args, "--shared-storage", cwd=root)
+    result = run_cli(ray_cluster, *args, "--shared-storage", cwd=root, sweep=sweep)
     assert result.returncode == 0, result.stdout + result.stderr
     stored = read_sweep(mlflow_server.uri, "cluster-fn-mlflow")
     assert len(stored.children) == 3
     for child in stored.children:
         assert child.data.params["own_param"] == "set by the loop"
         assert [step for step, _ in stored.history(child, "own_metric")] == [0, 1, 2]  # before, after
+
+
+def test_a_pbt_sweep_copies_weights_between_nodes(ray_cluster, mlflow_server, tmp_path) -> None:
+    """``--scheduler pbt`` on the digits CNN's sweep file, on the cluster: members on different
+    nodes, a donor's checkpoint read from the shared storage by whichever node runs the member
+    that copies it."""
+    args = sweep_args(ray_cluster, mlflow_server, tmp_path / "shared", "cluster-pbt")
+    args[args.index("fifo")] = "pbt"
+    result = run_cli(
+        ray_cluster,
+        *args,
+        "--shared-storage",
+        *("--num-samples", "4", "--max-epochs", "6", "--set", "scheduler.perturbation_interval=2"),
+        *("--set", "scheduler.quantile_fraction=0.5", "--set", "training.patience=null"),
+        cwd=tmp_path,
+        sweep=ROOT / "experiments" / "digits_cnn.yaml",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = read_sweep(mlflow_server.uri, "cluster-pbt")
+    assert len(stored.children) == 4
+    assert len({stored.tag(c, "node_id") for c in stored.children}) >= 2
+    assert all(stored.history(c, "hp/lr")[-1][0] == 6 for c in stored.children)
+    names = {a.path for a in stored.client.list_artifacts(stored.parent.info.run_id)}
+    assert {"best_model", "best_schedule.json"} <= names

@@ -69,7 +69,7 @@ def test_misspelled_key_names_file_key_and_suggestion(write_sweep) -> None:
         (
             "scheduler: {type: ashaa}",
             "scheduler.type",
-            "'ashaa' is not one of asha, hyperband, median, fifo (did you mean 'asha'?)",
+            "'ashaa' is not one of asha, hyperband, median, fifo, pbt, pb2 (did you mean 'asha'?)",
         ),
         (
             "search: {type: optna}",

@@ -43,8 +43,8 @@ def _sweep_options(fn: Any) -> Any:
         click.option("--max-epochs", type=int, help="Epochs per trial at most (ASHA's max_t)."),
         click.option(
             "--scheduler",
-            type=click.Choice(["asha", "hyperband", "median", "fifo"]),
-            help="fifo: no early stopping.",
+            type=click.Choice(["asha", "hyperband", "median", "fifo", "pbt", "pb2"]),
+            help="fifo: no early stopping; pbt, pb2: population-based training.",
         ),
         click.option("--search", type=click.Choice(["optuna", "random"]), help="Optuna TPE or random."),
         click.option("--cpus-per-trial", type=float),
@@ -144,10 +144,10 @@ def run(sweep_file: str, overrides: tuple[str, ...], address: str | None, **flag
         from hypersweep.tuning import run_sweep
 
         check_experiment(spec)
-        _out.print(
-            f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, "
-            f"{spec.search.type} search, {spec.scheduler.type} scheduler"
-        )
+        how = f"{spec.search.type} search, {spec.scheduler.type} scheduler"
+        if spec.mutations:  # PBT samples its population at random and has no searcher
+            how = f"random population, {spec.scheduler.type} mutating {', '.join(spec.mutations)}"
+        _out.print(f"sweep [bold]{spec.name}[/]: {spec.num_samples} trials x {spec.max_epochs} epochs, {how}")
         with Progress(total=spec.num_samples, metric=spec.metric, mode=spec.mode) as progress:
             outcome = run_sweep(spec, address=address, progress=progress, node=node)
     finally:
@@ -263,7 +263,9 @@ def validate(sweep_file: str, overrides: tuple[str, ...], address: str | None, *
         f"ok: {sweep_file}: {spec.name}, {len(spec.search_space.names)} parameters "
         f"({', '.join(spec.search_space.names)}), experiment {spec.experiment}; "
         f"{cluster.concurrency(spec.resources, info)} trial(s) at once on {where} "
-        f"({info.cpus:g} CPU, {info.gpus:g} GPU)" + (f"; {warm}" if warm else "")
+        f"({info.cpus:g} CPU, {info.gpus:g} GPU)"
+        + (f"; {warm}" if warm else "")
+        + (f"; {spec.scheduler.type} mutating {', '.join(spec.mutations)}" if spec.mutations else "")
     )
 
 
@@ -283,6 +285,11 @@ def best(sweep: str, tracking_uri: str | None) -> None:
     _out.print(f"MLflow run id: {summary.run_id}")
     for key, value in sorted(summary.config.items()):
         _out.print(f"  {key}: {value}")
+    if summary.population_based:
+        _out.print(
+            "  (its first configuration: population-based training changed it while it trained; "
+            "the parent run's best_config.json holds its last, best_schedule.json every epoch's)"
+        )
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hypersweep import pbt_space
 from hypersweep.errors import ConfigError, did_you_mean, first_error, not_one_of
 from hypersweep.search_space import (
     Choice,
@@ -44,13 +45,44 @@ class SchedulerSpec(_Frozen):
     worse than the median of the other trials' running averages at the same epoch (once
     min_samples_required others have reached it).
     fifo: no trial stops early (but by its own patience or divergence).
+    pbt: population-based training: every perturbation_interval epochs a trial in the bottom
+    quantile_fraction copies the weights of one in the top quantile_fraction and continues with
+    its hyperparameters perturbed (``mutations``: keys of the search space; see ``pbt_space``).
+    pb2: population-based bandits: PBT whose new values come from a Gaussian-process bandit over
+    the population's results (Ray's ``PB2``) instead of random factors; ranges only, no choices.
     """
 
-    type: Literal["asha", "hyperband", "median", "fifo"] = "asha"
+    type: Literal["asha", "hyperband", "median", "fifo", "pbt", "pb2"] = "asha"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
     brackets: Annotated[int, Field(ge=1)] = 3  # hyperband only
     min_samples_required: Annotated[int, Field(ge=1)] = 3  # median only
+    # pbt only. Empty mutations: the continuous keys of the space that the trainer can change.
+    perturbation_interval: Annotated[int, Field(ge=1)] = 4
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
+    mutations: tuple[str, ...] = ()
+
+    @property
+    def population_based(self) -> bool:
+        """PBT or PB2: a population whose members copy each other, not trials stopped early."""
+        return self.type in ("pbt", "pb2")
+
+    @field_validator("mutations", mode="before")
+    @classmethod
+    def _mutation_names(cls, value: Any) -> Any:
+        """A list of keys, or a mapping of keys to nothing (the space's distribution is used)."""
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, Mapping):
+            given = [k for k, v in value.items() if v not in (None, {})]
+            if given:
+                raise _KeyedError(
+                    f"scheduler.mutations.{given[0]}",
+                    "leave the value empty: a mutation perturbs the search space's own distribution",
+                )
+            return list(value)
+        return value
 
     def rungs(self, max_epochs: int, bracket: int = 0) -> list[int]:
         """The epochs at which an ASHA bracket compares a trial with its rung, as Ray's
@@ -140,7 +172,9 @@ class SweepSpec(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        if self.scheduler.type != "fifo" and self.scheduler.grace_period > self.max_epochs:
+        if self.scheduler.population_based:
+            _check_pbt(self)
+        elif self.scheduler.type != "fifo" and self.scheduler.grace_period > self.max_epochs:
             raise _KeyedError(
                 "scheduler.grace_period",
                 f"{self.scheduler.grace_period} exceeds max_epochs ({self.max_epochs})",
@@ -164,6 +198,13 @@ class SweepSpec(_Frozen):
         return self
 
     @property
+    def mutations(self) -> tuple[str, ...]:
+        """The keys PBT perturbs (empty unless the scheduler is pbt)."""
+        if not self.scheduler.population_based:
+            return ()
+        return self.scheduler.mutations or pbt_space.default_mutations(self.search_space)
+
+    @property
     def data_seed(self) -> int:
         """The seed of the data split and of every trial's initialisation and batch order."""
         return self.search.seed if self.training.seed is None else self.training.seed
@@ -173,6 +214,42 @@ class SweepSpec(_Frozen):
         data = self.model_dump(mode="json", exclude={"search_space", "source"})
         data["search_space"] = self.search_space.as_dict()
         return data
+
+
+_PBT_POPULATION = 4  # the fewest members with a distinct top and bottom quantile
+
+
+def _check_pbt(spec: SweepSpec) -> None:
+    """A PBT sweep that cannot work: no perturbation before the end, too small a population,
+    mutations of keys the trainer cannot change (``pbt_space``)."""
+    scheduler = spec.scheduler
+    if scheduler.perturbation_interval >= spec.max_epochs:
+        raise _KeyedError(
+            "scheduler.perturbation_interval",
+            f"{scheduler.perturbation_interval} is not below max_epochs ({spec.max_epochs}): "
+            "no trial would ever copy another",
+        )
+    if spec.num_samples < _PBT_POPULATION:
+        raise _KeyedError(
+            "num_samples",
+            f"{spec.num_samples} is too small a population for {scheduler.type}: at least {_PBT_POPULATION}, "
+            "so that a bottom and a top quantile exist",
+        )
+    if spec.search.warm_start:
+        raise _KeyedError(
+            "search.warm_start", f"{scheduler.type} samples its population itself: no searcher to seed"
+        )
+    for key in scheduler.mutations:
+        problem = pbt_space.mutation_problem(key, spec.search_space, spec.fixed, scheduler.type)
+        if problem is not None:
+            hint = did_you_mean(key, spec.search_space.names) if "not a key" in problem else ""
+            raise _KeyedError(f"scheduler.mutations.{key}", problem + hint)
+    if not spec.mutations:
+        raise _KeyedError(
+            "scheduler.mutations",
+            "none given, and the search space has no continuous key PBT can change "
+            f"({', '.join(pbt_space.CHANGEABLE)})",
+        )
 
 
 # Values the trainer or common layers read, with the range each must lie in (key -> test, words).
@@ -259,6 +336,17 @@ def _fit_shortened(data: dict[str, Any], given: set[str]) -> list[str]:
     if "scheduler.grace_period" not in given and isinstance(grace, int) and 1 <= epochs < grace:
         scheduler["grace_period"] = epochs
         notes.append(f"scheduler.grace_period {grace} -> {epochs}: the sweep's max_epochs is {epochs}")
+    population = scheduler.get("type") in ("pbt", "pb2")
+    interval = scheduler.get("perturbation_interval", 4) if population else None
+    if (
+        "scheduler.perturbation_interval" not in given
+        and isinstance(interval, int)
+        and 2 <= epochs <= interval
+    ):
+        scheduler["perturbation_interval"] = epochs // 2  # PBT's default is 4: say so when it changes
+        notes.append(
+            f"scheduler.perturbation_interval {interval} -> {epochs // 2}: the sweep's max_epochs is {epochs}"
+        )
     brackets = scheduler.get("brackets")
     if (
         scheduler.get("type") == "hyperband"

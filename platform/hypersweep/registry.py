@@ -107,6 +107,14 @@ def check_experiment(spec: SweepSpec) -> Target:
 def _check_loop_settings(spec: SweepSpec) -> None:
     """Settings of the generic loop that a function's own loop does not get: set, they would be
     silently ignored."""
+    if spec.scheduler.population_based:
+        # An exploit restarts the member with the donor's checkpoint and a new config: the
+        # generic loop puts the new lr into the donor's optimizer state; a function's would not.
+        problem = (
+            f"{spec.scheduler.type} needs the generic loop (it changes lr and dropout mid-trial);"
+            " a training function cannot take it yet: use asha, hyperband, median or fifo"
+        )
+        raise ConfigError(str(spec.source), "scheduler.type", problem)
     for key, value in (("amp", spec.training.amp), ("grad_clip_norm", spec.training.grad_clip_norm)):
         if value not in (None, False):
             problem = "the generic loop's setting; a training function does this in its own loop"

@@ -91,6 +91,7 @@ def build(record: SweepRecord, out: Path) -> Built:
         "best_so_far": report_charts.best_so_far(record),
         "parallel_coordinates": report_charts.parallel(study, record.metric),
         "importance": report_charts.importance(found, trials=scored, metric=record.metric),
+        "schedules": report_charts.schedules(record),  # PBT sweeps only
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, data in charts.items():

@@ -174,3 +174,49 @@ def importance(importances: dict[str, float], *, trials: int, metric: str) -> by
     ax.set_title("parameter importance")
     ax.grid(axis="x", alpha=0.3)
     return png(figure)
+
+
+def schedules(record: SweepRecord) -> bytes | None:
+    """PBT: each key it changed, per epoch and trial, with each exploit drawn as a dotted line
+    from the donor's value at the epoch it was copied to the member's first value after it: the
+    lineage tree over the schedules. None for a sweep without schedules."""
+    keys = sorted({key for trial in record.trials for key in trial.schedule})
+    if not keys:
+        return None
+    figure = Figure(figsize=(_SIZE[0], 2.6 * len(keys)), layout="constrained")
+    axes = figure.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    by_id = {trial.trial_id: trial for trial in record.trials}
+    for ax, key in zip(axes, keys, strict=True):
+        for trial in record.trials:
+            points = trial.schedule.get(key, [])
+            colour = None
+            for segment in _runs_of_epochs(points):  # a gap: the member went on from a donor's epoch
+                epochs, values = zip(*segment, strict=True)
+                (line,) = ax.plot(epochs, values, marker=".", linewidth=1.2, alpha=0.8, color=colour)
+                colour = line.get_color()
+        for exploit in record.lineage:
+            donor, member = by_id.get(exploit["donor_trial_id"]), by_id.get(exploit["trial_id"])
+            at = int(exploit["from_epoch"])
+            start = dict(donor.schedule.get(key, [])).get(at) if donor else None
+            after = [(e, v) for e, v in (member.schedule.get(key, []) if member else []) if e > at]
+            if start is not None and after:
+                ax.plot([at, after[0][0]], [start, after[0][1]], ":", color="#555555")
+        positive = [v for t in record.trials for _, v in t.schedule.get(key, []) if v > 0]
+        if positive and max(positive) / min(positive) > 10:
+            ax.set_yscale("log")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_title(f"schedules: {len(record.trials)} members, {len(record.lineage)} exploits (dotted)")
+    return png(figure)
+
+
+def _runs_of_epochs(points: Sequence[tuple[int, float]]) -> list[list[tuple[int, float]]]:
+    """``points`` split where an epoch is skipped."""
+    runs: list[list[tuple[int, float]]] = []
+    for epoch, value in points:
+        if not runs or epoch != runs[-1][-1][0] + 1:
+            runs.append([])
+        runs[-1].append((epoch, value))
+    return runs

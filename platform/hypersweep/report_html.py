@@ -92,6 +92,8 @@ def page(
     parts = [_head(record), _facts(record, metrics, top, importances)]
     for key, title, how in _SECTIONS:
         parts.append(_section(key, title, how.format(metric=record.metric), charts.get(key), scored))
+    if "schedules" in charts or record.lineage:
+        parts.append(_lineage(record, charts.get("schedules")))
     parts.append(_table(record, top))
     parts.append(
         f'<p class="note">Made from MLflow by hypersweep, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. '
@@ -136,6 +138,35 @@ def _section(key: str, title: str, how: str, chart: str | None, scored: int) -> 
         source = f"data:image/png;base64,{chart}"
         body = f'<img class="chart" id="chart-{key}" alt="{html.escape(title)}" src="{source}">'
     return f'<section id="{key}"><h2>{title}</h2>{body}<p class="how">{html.escape(how)}</p></section>'
+
+
+def _lineage(record: SweepRecord, chart: str | None) -> str:
+    """PBT: the schedules chart and one row per exploit: who copied whom, when, with what."""
+    names = {t.trial_id: t.name for t in record.trials}
+    head = "".join(f"<th>{h}</th>" for h in ("epoch", "member", "copied", "from epoch", "changes"))
+    rows = []
+    for e in record.lineage:
+        changes = ", ".join(
+            f"{html.escape(k)} {_value(e['old'].get(k))} → {_value(v)}" for k, v in e["new"].items()
+        )
+        who, donor = (
+            names.get(e["trial_id"], e["trial_id"]),
+            names.get(e["donor_trial_id"], e["donor_trial_id"]),
+        )
+        rows.append(
+            f"<tr><td>{e['epoch']}</td><td>{html.escape(who)}</td><td>{html.escape(donor)}</td>"
+            f"<td>{e['from_epoch']}</td><td>{changes}</td></tr>"
+        )
+    table = f'<table id="lineage"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    image = f'<img class="chart" id="chart-schedules" alt="schedules" src="data:image/png;base64,{chart}">'
+    how = (
+        "Population-based training: each line is a member's value of a key it changed, per epoch; a "
+        "dotted line is an exploit, from the donor's value at the epoch it was copied to the "
+        "member's first value after it. The table lists every exploit (old → new values)."
+    )
+    body = (image if chart else "") + (table if rows else '<p class="note">No member copied another.</p>')
+    title = "<h2>Schedules and lineage</h2>"
+    return f'<section id="lineage-section">{title}{body}<p class="how">{how}</p></section>'
 
 
 def _table(record: SweepRecord, top: list[TrialRecord]) -> str:

@@ -44,6 +44,8 @@ def make_scheduler(
     ``journal``: where its state is kept for a resume (None: in memory only, as in replays)."""
     if scheduler.type == "fifo":
         return FIFOScheduler()
+    if scheduler.population_based:
+        raise ValueError("pbt needs the search space and the sweep: pbt_scheduler.make_population_based")
     if scheduler.type == "median":
         return DurableMedianRule(
             journal,
@@ -65,9 +67,14 @@ def decision_epochs(spec: SweepSpec) -> frozenset[int]:
     """The epochs at which the scheduler decides, where a trial always reports (with a
     checkpoint): every rung of every ASHA / Hyperband bracket (see ``SchedulerSpec.rungs``), and
     for the median rule every epoch from its grace period on (it judges a trial at any result,
-    and a batched report would let a fast trial finish before it was ever judged). FIFO decides
-    nothing."""
+    and a batched report would let a fast trial finish before it was ever judged). PBT (and PB2) decide
+    at every multiple of its perturbation interval, and a trial it copies needs its checkpoint
+    from exactly then. FIFO decides nothing."""
     scheduler = spec.scheduler
+    if scheduler.population_based:
+        return frozenset(
+            range(scheduler.perturbation_interval, spec.max_epochs + 1, scheduler.perturbation_interval)
+        )
     if scheduler.type == "median":
         return frozenset(range(scheduler.grace_period, spec.max_epochs + 1))
     brackets = {"asha": 1, "hyperband": scheduler.brackets}.get(scheduler.type, 0)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from hypersweep import pbt
 from hypersweep.errors import not_one_of
 from hypersweep.experiment import Data, Experiment, Output, Split
 
@@ -103,6 +104,9 @@ class TrainSettings:
     # (patience) watches val_loss whatever the metric.
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
+    # Keys population-based training changes: each epoch's values go into the trial's schedule
+    # and its metrics (hp/<key>).
+    mutable: tuple[str, ...] = ()
 
 
 @dataclass
@@ -119,6 +123,9 @@ class TrainerState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Tensor] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  # GradScaler state (AMP on CUDA)
+    # Per epoch: {"epoch": e, key: value} of the mutable keys. A PBT exploit copies the donor's,
+    # so it is the schedule that trained these weights from scratch.
+    schedule: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,7 +179,9 @@ def fit(
     shuffle = torch.Generator().manual_seed(settings.seed)
     state = reporter.restore()
     if state is not None:
+        wanted = pbt.settings_of(optimizer)  # this config's; a PBT donor's state carries its own
         _load_state(state, model, optimizer, shuffle, device)
+        pbt.restore_settings(optimizer, wanted)
     else:
         state = TrainerState(initial_loss=_evaluate(experiment, model, data.val)[0])
     precision = _Precision(device, enabled=settings.amp)
@@ -248,6 +257,10 @@ class _Loop:
         train_loss = self._train_epoch()
         self.state.epoch += 1
         metrics: dict[str, Any] = {"epoch": self.state.epoch, "train_loss": train_loss}
+        if self.settings.mutable:
+            values = pbt.hp_values(self.cfg, self.settings.mutable)
+            self.state.schedule.append({"epoch": float(self.state.epoch), **values})
+            metrics.update(pbt.hp_metrics(values))
         if not math.isfinite(train_loss):
             metrics["val_loss"] = math.inf
             return metrics
@@ -299,6 +312,7 @@ class _Loop:
 
     def _snapshot(self) -> TrainerState:
         snap = copy.copy(self.state)
+        snap.schedule = list(self.state.schedule)  # later epochs append to the live one
         snap.model = _cpu_copy(self.model.state_dict())
         # On the CPU, whatever device trained: a checkpoint resumes on any node (a retry may land
         # on one without CUDA), and saving it takes no GPU memory. load_state_dict moves it back.

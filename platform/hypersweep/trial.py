@@ -21,7 +21,7 @@ import torch
 from ray import tune
 from ray.tune.result import DONE
 
-from hypersweep import scoring
+from hypersweep import pbt, scoring
 from hypersweep.experiment import Data, Experiment
 from hypersweep.handle import TRIAL_FILE
 from hypersweep.registry import SweepData, resolve_experiment
@@ -78,6 +78,7 @@ def trainable(config: dict[str, Any], job: TrialJob) -> None:
     # Where the trial ran, on every result: the driver records it as tags of the trial's run.
     where = {"device": label, "node_id": ray.get_runtime_context().get_node_id()}
     settings = replace(job.settings, device=str(device))
+    config = pbt.sampled(config)  # a PBT member's config without the keys it did not sample
     if job.function:
         from hypersweep.function_trial import run_function  # not imported for Experiment trials
 

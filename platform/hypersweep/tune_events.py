@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from hypersweep.console import Progress
+from hypersweep.pbt import sampled
+from hypersweep.pbt_scheduler import take_exploits
 from hypersweep.run_board import RunBoard
 from hypersweep.tracking import (
     BestTrial,
@@ -62,8 +65,9 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         recorder, progress = self._live()
-        recorder.adopt_lost(trial.trial_id, trial.config, {t.trial_id for t in trials})
-        recorder.trial_started(trial.trial_id, trial.config)
+        config = sampled(trial.config)  # a PBT trial's config names keys it did not sample
+        recorder.adopt_lost(trial.trial_id, config, {t.trial_id for t in trials})
+        recorder.trial_started(trial.trial_id, config)
         if progress and not recorder.is_finished(trial.trial_id):
             progress.trial_started(trial.trial_id)
 
@@ -104,6 +108,8 @@ class TrackingCallback(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         recorder, _ = self._live()
+        for exploit in take_exploits(self.sweep_id):  # PBT's, made in this step
+            recorder.trial_exploited(exploit)
         recorder.poll()
         board = BOARDS.get(self.sweep_id)
         if board is not None:
@@ -151,3 +157,10 @@ def checkpoint_of(grid: tune.ResultGrid | None, best: BestTrial | None) -> Any:
         if (result.metrics or {}).get("trial_id") == best.trial_id and result.checkpoint is not None:
             return result.checkpoint.as_directory()
     return None
+
+
+def schedule_in(checkpoint: Path) -> list[dict[str, float]]:
+    """The per-epoch values of PBT's mutated keys that trained a checkpoint's weights from
+    scratch (``TrainerState.schedule``: a donor's epochs, then the trial's own)."""
+    state = torch.load(checkpoint / "trainer.pt", weights_only=True, map_location="cpu")
+    return [dict(epoch) for epoch in state.get("schedule", [])]

@@ -16,6 +16,7 @@ from hypersweep.config import SweepSpec
 from hypersweep.manifest import (
     storage_path,
 )
+from hypersweep.pbt_scheduler import make_population_based, placeholders, population_search
 from hypersweep.registry import is_function, resolve_target
 from hypersweep.run_board import board_name
 from hypersweep.schedulers import SCHEDULER_FILE, decision_epochs, make_scheduler
@@ -39,19 +40,35 @@ def build_tuner(
     """``folder``: the sweep's folder on this machine, where the searcher keeps its study and
     the scheduler its journal; ``seeded``: earlier trials the study starts with (a warm start);
     ``tracking_uri``: where a function trial's own MLflow calls go."""
+    pbt = spec.scheduler.population_based
     return tune.Tuner(
         trainable_of(spec, roots, data, sweep_id=sweep_id, tracking_uri=tracking_uri),
-        param_space=dict(spec.fixed),
+        param_space={**dict(spec.fixed), **(placeholders(spec.search_space) if pbt else {})},
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples,
-            search_alg=_searcher(spec, folder / STUDY_FILE, sweep_id, seeded),
-            scheduler=make_scheduler(
-                spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
+            search_alg=(
+                population_search(spec.search_space, spec.num_samples, spec.search.seed)
+                if pbt
+                else _searcher(spec, folder / STUDY_FILE, sweep_id, seeded)
+            ),
+            scheduler=(
+                make_population_based(
+                    spec.scheduler,
+                    space=spec.search_space,
+                    mutations=spec.mutations,
+                    sweep_id=sweep_id,
+                    seed=spec.search.seed,
+                )
+                if pbt
+                else make_scheduler(
+                    spec.scheduler, max_epochs=spec.max_epochs, journal=folder / SCHEDULER_FILE
+                )
             ),
             # OptunaSearch alone keeps one trial pending; this wraps it in a ConcurrencyLimiter.
-            max_concurrent_trials=concurrent,
+            # (PBT has no searcher and needs every member at once: see pbt_scheduler.)
+            max_concurrent_trials=None if pbt else concurrent,
             # Trials reuse worker processes: no actor start-up, imports or data load per trial.
             reuse_actors=True,
         ),
@@ -65,7 +82,9 @@ def build_tuner(
             # checkpoint, a cost that grows with the sweep. With 2, a trial that ends with one
             # checkpoint forces none; one that finished after the last snapshot is recognised
             # on resume from the recorder's state (see trial.trainable).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT: a paused trial may copy a donor's checkpoint long after the donor made it, so
+            # none is removed (Ray warns of num_to_keep <= 2 with PBT, pbt.py on_trial_add).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
             # A trial that raises or loses its worker restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
         ),
@@ -95,6 +114,7 @@ def trainable_of(
             amp=spec.training.amp,
             metric=spec.metric,
             mode=spec.mode,
+            mutable=spec.mutations,
         ),
         threads=max(1, int(spec.resources.cpus_per_trial)),
         gpus=spec.resources.gpus_per_trial,

@@ -39,6 +39,7 @@ from hypersweep.manifest import (
     trials_location,
     trials_of,
 )
+from hypersweep.pbt_scheduler import take_exploits
 from hypersweep.ray_node import LocalNode, sweep_node
 from hypersweep.ray_private import actors_inherit_env
 from hypersweep.registry import is_function, load_sweep_data, resolve_target
@@ -59,7 +60,7 @@ from hypersweep.tracking.process import ProcessClient
 from hypersweep.tracking.template import sqlite_path
 from hypersweep.trainer import MODEL_FILE
 from hypersweep.trial import FALLBACK_DEVICE
-from hypersweep.tune_events import BOARDS, TrackingCallback, checkpoint_of, trial_seconds
+from hypersweep.tune_events import BOARDS, TrackingCallback, checkpoint_of, schedule_in, trial_seconds
 from hypersweep.tune_events import LIVE as _LIVE
 from hypersweep.tune_events import STATUS_BY_REASON as STATUS_BY_REASON
 from hypersweep.tune_events import error_line as _error_line
@@ -452,6 +453,8 @@ class _Sweep:
             with actors_inherit_env() if self.address is None else contextlib.nullcontext():
                 results = tuner.fit()
             recorder.stop_writer()  # from here on, this thread writes (settle, best, end)
+            for exploit in take_exploits(self.sweep_id):  # PBT's of the last step
+                recorder.trial_exploited(exploit)
             _settle(recorder, results, self.spec.scheduler.type)
             interrupted = sum(recorder.statuses().values()) < self.spec.num_samples
         finally:
@@ -466,7 +469,9 @@ class _Sweep:
             else:
                 with checkpoint_of(results, best) or contextlib.nullcontext() as best_dir:
                     best = recorder.finish_sweep(
-                        best_weights=Path(best_dir) / MODEL_FILE if best_dir else None, failed=best is None
+                        best_weights=Path(best_dir) / MODEL_FILE if best_dir else None,
+                        failed=best is None,
+                        best_schedule=schedule_in(Path(best_dir)) if best_dir and self.spec.mutations else (),
                     )
                 if not recorder.unsent and (self.folder / MANIFEST).is_file():
                     mark_finished(self.folder)

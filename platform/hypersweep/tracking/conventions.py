@@ -19,6 +19,16 @@ WARM_START_TAG = "hypersweep.warm_start"  # on a parent run: the sweeps whose tr
 DROPPED = "hypersweep.dropped"  # on a run: the writes MLflow refused, one per line
 # On a run a new trial took over from one lost in a driver crash: the lost trial's id.
 EARLIER_TRIAL_ID = "hypersweep.earlier_trial_id"
+# Population-based training: on a trial's run, the trial it last copied and how often it did;
+# its exploits as a JSON file on that run, the sweep's on the parent run, and the best trial's
+# per-epoch hyperparameters (what to train with from scratch) on the parent run.
+PBT_DONOR, PBT_EXPLOITS = "hypersweep.pbt.donor", "hypersweep.pbt.exploits"
+LINEAGE_FILE, SWEEP_LINEAGE_FILE, BEST_SCHEDULE_FILE = (
+    "lineage.json",
+    "pbt_lineage.json",
+    "best_schedule.json",
+)
+HP_PREFIX = "hp/"  # a trial's metric hp/<key>: a key PBT changes, per epoch (pbt.hp_metrics)
 LOST_REASON = "lost"  # the stop reason of a lost trial whose configuration did not run again
 _RUN_STATUS = {"failed": RunStatus.FAILED, "interrupted": RunStatus.KILLED}  # by hypersweep.status
 # Result keys recorded as tags of the trial's run: where it ran (worker node, device).

@@ -49,6 +49,13 @@ def read_table(ref: str, *, tracking_uri: str) -> dict[str, Any]:
 
 def sweep_table(client: MlflowClient, parent: Run) -> dict[str, Any]:
     params, sweep_id = parent.data.params, parent.data.tags[SWEEP_ID]
+    if params.get("scheduler.type") in ("pbt", "pb2"):
+        raise ConfigError(
+            "",
+            "SWEEP",
+            f"sweep '{sweep_id}' ran {params['scheduler.type']}: its trials changed "
+            "hyperparameters while they trained, which a replay cannot simulate",
+        )
     runs = [r for r in trial_runs(client, parent) if r.info.end_time]
     ended = [r for r in runs if r.data.tags.get("hypersweep.status") not in (None, "running", "failed")]
     if len(ended) < MIN_TRIALS:

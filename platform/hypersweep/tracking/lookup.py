@@ -23,6 +23,8 @@ class SweepSummary:
     metric: str
     value: float
     config: dict[str, str]
+    # PBT or PB2: the trial's hyperparameters changed while it trained; ``config`` is its first.
+    population_based: bool = False
 
 
 def find_best(ref: str, *, tracking_uri: str) -> SweepSummary:
@@ -55,6 +57,7 @@ def _best_of(ref: str, client: MlflowClient, tracking_uri: str) -> SweepSummary:
         metric=best_metric.removeprefix("best_"),
         value=metrics[best_metric],
         config=dict(child.data.params),
+        population_based=parent.data.params.get("scheduler.type") in ("pbt", "pb2"),
     )
 
 

@@ -28,6 +28,8 @@ from hypersweep.tracking.conventions import (
     EARLIER_TRIAL_ID,
     EPOCH_TIME,
     LOST_REASON,
+    PBT_DONOR,
+    PBT_EXPLOITS,
     ROLE,
     STATUS,
     STOP_REASON,
@@ -140,10 +142,30 @@ class SweepRecorder(RunSender):
             self._went_down(exc)
         self._save()
 
-    def finish_sweep(self, *, best_weights: Path | None, failed: bool) -> BestTrial | None:
+    # -- population-based training ------------------------------------------------------------
+    def trial_exploited(self, exploit: Mapping[str, Any]) -> None:
+        """A PBT exploit (``pbt_scheduler.RecordedPBT``): the recipient keeps its run, which is
+        tagged with its donor now; the exploit joins the sweep's lineage, sent at its end."""
+        trial_id = str(exploit["trial_id"])
+        with self._lock:
+            run = self._trials.get(trial_id)
+            if run is None:
+                return
+            run.exploits.append({**exploit, "at_ms": _now_ms()})
+            count = len(run.exploits)
+            run.pending_tags += [
+                RunTag(PBT_DONOR, str(exploit["donor_trial_id"])),
+                RunTag(PBT_EXPLOITS, str(count)),
+            ]
+            self._save(trial_id)
+
+    def finish_sweep(
+        self, *, best_weights: Path | None, failed: bool, best_schedule: Sequence[Mapping[str, float]] = ()
+    ) -> BestTrial | None:
         """Queue the parent run's last writes (the best trial, its weights, the run's end) behind
         the trials' backlog and send it all, waiting a bounded time. What MLflow did not take
-        stays ``unsent``: the sweep is not finished, and ``hypersweep resume`` sends it."""
+        stays ``unsent``: the sweep is not finished, and ``hypersweep resume`` sends it.
+        ``best_schedule``: a PBT sweep's best trial's per-epoch hyperparameters (its lineage's)."""
         best = self.best_trial()
         due: dict[str, Any] = {"end": RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)}
         if best is not None:
@@ -151,6 +173,10 @@ class SweepRecorder(RunSender):
             if best_weights is not None and best_weights.is_file():
                 # The weights are in a checkpoint Tune may remove: a copy waits for MLflow.
                 due["best_model"] = str(self._keep(best_weights, "best_model"))
+            if best_schedule:
+                due["schedule"] = {"trial_id": best.trial_id, "epochs": [dict(e) for e in best_schedule]}
+        if self.lineage:
+            due["lineage"] = list(self.lineage)
         self._parent_due = due
         self.drain(FINAL_WAIT_SECONDS)
         # Again: the best trial's run may have been made by this drain (its id, for the summary).
@@ -164,7 +190,15 @@ class SweepRecorder(RunSender):
             return None
         _, tid = min(scored)
         run = self._trials[tid]
-        return BestTrial(tid, run.run_id, run.best, run.config)
+        # A PBT member's configuration is its last exploit's: what its final weights trained with.
+        config = run.exploits[-1]["config"] if run.exploits else run.config
+        return BestTrial(tid, run.run_id, run.best, config)
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """Every PBT exploit of the sweep, in the order they happened."""
+        exploits = [e for run in self._trials.values() for e in run.exploits]
+        return sorted(exploits, key=lambda e: int(e["at_ms"]))
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """Finished trials -> a final result as Tune wants one (last epoch, best value, reason)."""

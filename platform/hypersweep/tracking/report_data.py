@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from hypersweep.tracking import (
     redact,
     require_existing_store,
 )
+from hypersweep.tracking.conventions import HP_PREFIX, SWEEP_LINEAGE_FILE
 from hypersweep.tracking.curves import param_value, trial_runs
 from hypersweep.tracking.lookup import find_parent
 
@@ -56,6 +58,8 @@ class TrialRecord:
     values: list[float]
     stamps: list[int]
     result: float  # the trial's result (``scoring``); nan if it has none (diverged, failed)
+    # PBT: the values of each key it changed, per epoch (the run's hp/<key> metrics).
+    schedule: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def epochs_trained(self) -> int:
@@ -76,6 +80,7 @@ class SweepRecord:
     started_ms: int  # the parent run's start
     trials: list[TrialRecord]
     ui_root: str = ""  # the MLflow UI serving these runs, where known (a tracking server's URL)
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # PBT's exploits (pbt_lineage.json)
 
 
 def open_sweep(ref: str, *, tracking_uri: str) -> tuple[MlflowClient, Run]:
@@ -124,7 +129,21 @@ def read_record(client: Any, parent: Run, *, tracking_uri: str = "") -> SweepRec
         started_ms=int(parent.info.start_time),
         trials=sorted(trials, key=lambda t: t.stamps[0] if t.stamps else math.inf),
         ui_root=ui_root(tracking_uri),
+        lineage=_lineage(client, parent),
     )
+
+
+def _lineage(client: Any, parent: Run) -> list[dict[str, Any]]:
+    """A PBT sweep's exploits, as the parent run holds them; none for other sweeps."""
+    if not parent.data.params.get("scheduler.type", "").startswith("pb"):
+        return []
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    if SWEEP_LINEAGE_FILE not in names:
+        return []  # no member copied another
+    with tempfile.TemporaryDirectory(prefix="hypersweep-lineage-") as folder:
+        path = client.download_artifacts(parent.info.run_id, SWEEP_LINEAGE_FILE, folder)
+        exploits: list[dict[str, Any]] = json.loads(Path(path).read_text())["exploits"]
+    return exploits
 
 
 def _trial(client: Any, run: Run, metric: str, mode: str, names: set[str]) -> TrialRecord:
@@ -148,6 +167,13 @@ def _trial(client: Any, run: Run, metric: str, mode: str, names: set[str]) -> Tr
         values=values,
         stamps=[int(m.timestamp) for m in losses],
         result=_result(run, status, values, metric, mode),
+        schedule={
+            key.removeprefix(HP_PREFIX): sorted(
+                (int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)
+            )
+            for key in sorted(run.data.metrics)
+            if key.startswith(HP_PREFIX)
+        },
     )
 
 

@@ -38,10 +38,13 @@ from hypersweep.redaction import redact_settings
 from hypersweep.run_names import RunNames
 from hypersweep.tracking.conventions import (
     BEST_RUN,
+    BEST_SCHEDULE_FILE,
     BEST_TRIAL,
     DROPPED,
+    LINEAGE_FILE,
     ROLE,
     STATUS,
+    SWEEP_LINEAGE_FILE,
     TRIAL_ID,
     _now_ms,
     _trial_params,
@@ -87,6 +90,9 @@ class _TrialRun:
     # Its place in the order the sweep's trials started (1, 2, ...), in its run's name; kept here
     # so that a resumed sweep numbers on. 0: saved by an earlier version (named by trial id).
     number: int = 0
+    # PBT: the exploits this trial made, oldest first (``SweepRecorder.trial_exploited``); kept
+    # with the trial's state, so a resumed sweep's lineage has them.
+    exploits: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -194,8 +200,27 @@ class RunSender:
         if "best_model" in due:
             self.client.log_artifact(self.parent_run_id, due["best_model"], "best_model")
             self._drop_copy(due.pop("best_model"))
+        if "lineage" in due:
+            self._send_lineage(due["lineage"])
+            del due["lineage"]
+        if "schedule" in due:
+            self.client.log_dict(self.parent_run_id, due.pop("schedule"), BEST_SCHEDULE_FILE)
         if "end" in due:
             self.client.set_terminated(self.parent_run_id, status=due.pop("end"))
+
+    def _send_lineage(self, exploits: list[dict[str, Any]]) -> None:
+        """PBT's exploits: each with its runs' ids, all on the parent run, each recipient's own
+        on its run (sent once the runs exist: with the sweep's end)."""
+        runs = {tid: run.run_id for tid, run in self._trials.items()}
+        table = [
+            {**e, "run_id": runs.get(e["trial_id"], ""), "donor_run_id": runs.get(e["donor_trial_id"], "")}
+            for e in exploits
+        ]
+        self.client.log_dict(self.parent_run_id, {"exploits": table}, SWEEP_LINEAGE_FILE)
+        for trial_id in dict.fromkeys(e["trial_id"] for e in table):
+            if runs.get(trial_id):
+                own = [e for e in table if e["trial_id"] == trial_id]
+                self.client.log_dict(runs[trial_id], {"trial_id": trial_id, "exploits": own}, LINEAGE_FILE)
 
     def _drop_copy(self, kept: str) -> None:
         """MLflow has it: the copy goes, and the backlog's folder once it is empty."""
