@@ -176,5 +176,14 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def kill_driver(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a sweep's driver, then what it started (Ray's processes, the tracking writer), as
+    a machine losing the driver's process tree would."""
+    tree = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kill_all(tree)
+
+
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)

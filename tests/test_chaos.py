@@ -22,10 +22,9 @@ from tests.chaos_tools import (
     chaos_sweep,
     cli,
     counts,
-    descendants,
     evals_per_trial,
     free_port,
-    kill_all,
+    kill_driver,
     start_server,
     steps,
     stop_group,
@@ -139,10 +138,7 @@ def test_driver_crash_then_resume_finishes_the_sweep(tmp_path: Path, how: str) -
     folder = _sweep_dir(tmp_path, runs)
     finished_before = [t["config"]["lr"] for t in _state(folder)["trials"].values() if t["run_status"]]
     if how == "sigkill":
-        tree = descendants(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
-        kill_all(tree)  # Ray's processes of the dead driver
+        kill_driver(proc)
         ref = str(folder)
         resume_args: tuple[str, ...] = ()
     else:

@@ -7,8 +7,6 @@ Ray with a real MLflow store (SQLite).
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -321,7 +319,7 @@ def test_a_killed_worker_retries_from_the_functions_checkpoint(tmp_path: Path) -
 def test_a_function_sweep_killed_with_its_driver_resumes_and_finishes(tmp_path: Path) -> None:
     """SIGKILL the driver (and its Ray) mid sweep, then ``hypersweep resume``: every trial ends
     once, each epoch is logged once, and a trial that had finished is not trained again."""
-    from tests.chaos_tools import NAME, counts, descendants, kill_all, steps
+    from tests.chaos_tools import NAME, counts, kill_driver, steps
     from tests.chaos_tools import cli as background
     from tests.test_chaos import _state, _sweep_dir, _wait, _wait_until_mid_sweep
 
@@ -344,10 +342,7 @@ def test_a_function_sweep_killed_with_its_driver_resumes_and_finishes(tmp_path: 
     _wait_until_mid_sweep(tmp_path, proc, finished=1)
     folder = _sweep_dir(tmp_path, "runs")
     finished_before = [t["config"]["lr"] for t in _state(folder)["trials"].values() if t["run_status"]]
-    tree = descendants(proc.pid)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    kill_all(tree)
+    kill_driver(proc)
     rc, out, err = _wait(background("resume", str(folder)))
     assert rc == 0, out + err
     ledger = counts(uri)

@@ -5,8 +5,6 @@ and the sweep finishes with its best schedule."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from hypersweep.tracking.state import read_state
 from hypersweep.tuning import TRACKING_STATE
-from tests.chaos_tools import NAME, cli, counts, descendants, kill_all
+from tests.chaos_tools import NAME, cli, counts, kill_driver
 from tests.mlflow_store import read_sweep
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -57,10 +55,7 @@ def test_a_killed_pbt_sweep_resumes_with_its_lineage(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/x.db"
     proc = cli("run", str(_sweep(tmp_path)), "--tracking-uri", uri, "--storage", str(tmp_path / "runs"))
     folder, before = _exploits_recorded(tmp_path, proc)
-    tree = descendants(proc.pid)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    kill_all(tree)
+    kill_driver(proc)
     resumed = cli("resume", str(folder))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out + err

@@ -5,8 +5,6 @@ with its params, nothing is deleted and nothing finished trains again."""
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -24,9 +22,8 @@ from tests.chaos_tools import (
     chaos_sweep,
     cli,
     counts,
-    descendants,
     free_port,
-    kill_all,
+    kill_driver,
     start_server,
     stop_group,
 )
@@ -106,10 +103,7 @@ def test_sigkill_and_resume_with_the_shipped_defaults(tmp_path: Path) -> None:
     folder = _wait_for(tmp_path, proc, finished=4)
     trials = read_state(folder / TRACKING_STATE)["trials"].values()
     finished_before = [t["config"]["lr"] for t in trials if t["run_status"]]
-    tree = descendants(proc.pid)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    kill_all(tree)
+    kill_driver(proc)
     resumed = cli("resume", str(folder))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out + err
