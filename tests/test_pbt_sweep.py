@@ -42,7 +42,10 @@ def pbt_sweep(tmp_path_factory: pytest.TempPathFactory) -> StoredSweep:
     cwd = tmp_path_factory.mktemp("pbt")
     (cwd / "sweep.yaml").write_text(SWEEP)
     uri = f"sqlite:///{cwd}/x.db"
-    result = hypersweep("run", "sweep.yaml", "--tracking-uri", uri, "--storage", str(cwd / "runs"), cwd=cwd)
+    # From the project root, where tests.toy imports (as a user's sweep finds its package).
+    result = hypersweep(
+        "run", str(cwd / "sweep.yaml"), "--tracking-uri", uri, "--storage", str(cwd / "runs"), cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return read_sweep(uri, "toy-pbt")
 
@@ -173,7 +176,7 @@ def test_pb2_trains_the_population_with_values_within_the_space(tmp_path: Path) 
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     uri = f"sqlite:///{tmp_path}/x.db"
     args = ("--scheduler", "pb2", "--tracking-uri", uri, "--storage", str(tmp_path / "r"))
-    result = hypersweep("run", "sweep.yaml", *args, cwd=tmp_path)
+    result = hypersweep("run", str(tmp_path / "sweep.yaml"), *args, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "random population, pb2 mutating lr, dropout" in result.stdout
     stored = read_sweep(uri, "toy-pbt")
