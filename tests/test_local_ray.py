@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from hypersweep import cluster, ray_private, tuning
+from hypersweep import cluster, ray_private, sweep_start
 from hypersweep.config import load_sweep
 from hypersweep.ray_node import LocalNode
 from tests.conftest import DEFAULT_SWEEP, ROOT
@@ -151,11 +151,11 @@ def test_a_ray_the_caller_runs_is_stopped_before_the_tracking_process_forks(
         seen.append(ray.is_initialized())
         raise _Stop
 
-    monkeypatch.setattr(tuning, "ProcessClient", probe)
+    monkeypatch.setattr(sweep_start, "ProcessClient", probe)
     spec = load_sweep(DEFAULT_SWEEP)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(_Stop), tuning._started(spec, [], None, f"sqlite:///{tmp_path}/m.db", None):
+        with pytest.raises(_Stop), sweep_start.started(spec, [], None, f"sqlite:///{tmp_path}/m.db", None):
             pass
     finally:
         cluster.shutdown()

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from hypersweep.sweep_start import _drop_store_made_by
 from hypersweep.tracking import SweepRecorder
 from hypersweep.tracking.process import ProcessClient
 from hypersweep.tracking.template import seed_store
-from hypersweep.tuning import _drop_store_made_by
 from tests.chaos_tools import free_port, start_server, stop_group
 
 SWEEPS = 2

@@ -13,20 +13,18 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
 
-from hypersweep import cluster, tune_log, warm_start
+from hypersweep import tune_log
 from hypersweep.config import SweepSpec, import_roots
 from hypersweep.console import Progress
-from hypersweep.errors import ConfigError, first_line, note_sweep_folder
+from hypersweep.errors import ConfigError, note_sweep_folder
 from hypersweep.manifest import (
     FORMAT,
     MANIFEST,
@@ -40,12 +38,13 @@ from hypersweep.manifest import (
     trials_of,
 )
 from hypersweep.pbt_scheduler import take_exploits
-from hypersweep.ray_node import LocalNode, sweep_node
+from hypersweep.ray_node import LocalNode
 from hypersweep.ray_private import actors_inherit_env
-from hypersweep.registry import is_function, load_sweep_data, resolve_target
-from hypersweep.report import at_sweep_end, import_charts_meanwhile
+from hypersweep.registry import is_function, resolve_target
+from hypersweep.report import at_sweep_end
 from hypersweep.run_board import RunBoard
 from hypersweep.run_names import RunNames
+from hypersweep.sweep_start import Ready, started
 from hypersweep.tracking import (
     WARM_START_TAG,
     BestTrial,
@@ -56,8 +55,6 @@ from hypersweep.tracking import (
     redact_settings,
     resolve_tracking_uri,
 )
-from hypersweep.tracking.process import ProcessClient
-from hypersweep.tracking.template import sqlite_path
 from hypersweep.trainer import MODEL_FILE
 from hypersweep.trial import FALLBACK_DEVICE
 from hypersweep.tune_events import BOARDS, TrackingCallback, checkpoint_of, schedule_in, trial_seconds
@@ -141,7 +138,7 @@ def run_sweep(
         if node is not None:
             node.stop()
         raise
-    with _started(spec, roots, address, uri, tracking_client, node, warm=True) as ready:
+    with started(spec, roots, address, uri, tracking_client, node, warm=True) as ready:
         return _Sweep.new(spec, roots, ready.concurrent, address).use(ready).run(progress)
 
 
@@ -175,114 +172,9 @@ def resume_sweep(
         if node is not None:
             node.stop()
         raise
-    with _started(spec, roots, address, uri, None, node) as ready:
+    with started(spec, roots, address, uri, None, node) as ready:
         sweep = _Sweep(spec, roots, ready.concurrent, str(manifest["sweep_id"]), folder, address, trials)
         return sweep.use(ready).resume(uri, progress)
-
-
-@dataclass(frozen=True)
-class _Ready:
-    concurrent: int  # trials at once
-    data: Any  # ObjectRef of the sweep's registry.SweepData (its experiment and data)
-    client: Any  # the tracking client, its store open (a ProcessClient unless one was given)
-    warm: WarmStart | None = None  # the earlier trials a new sweep's study starts with
-
-
-@contextlib.contextmanager
-def _started(
-    spec: SweepSpec,
-    roots: list[str],
-    address: str | None,
-    uri: str,
-    client: Any,
-    node: LocalNode | None = None,
-    *,
-    warm: bool = False,
-) -> Iterator[_Ready]:
-    """Ray started (or joined) and checked, the data in its object store, the tracking store open.
-
-    Ray takes seconds to start. Locally its node starts in a process of its own (``node``, if
-    the caller started it earlier); meanwhile the data loads in a thread and the tracking store
-    opens in its own process (``tracking.process``), forked before this process joins Ray. If a
-    check fails, a store made here is removed again: bad input leaves nothing behind. ``warm``:
-    read the sweep's warm start (a new sweep's) from the store first, before Ray is joined.
-    """
-    if address is not None:
-        cluster.check_address(address)  # an unreachable cluster fails before anything is made
-    # A library caller may run Ray already (``connect`` would stop it anyway): stopped before the
-    # tracking process is forked, which must not copy a process running Ray's threads.
-    cluster.shutdown()
-    if address is None and node is None:
-        node = sweep_node(spec, roots)
-    store = None
-    try:
-        store = ProcessClient(uri) if client is None else None
-        seeds = _warm_start(spec, uri, client or store) if warm else None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypersweep-start") as pool:
-            data = pool.submit(load_sweep_data, spec, roots)
-            import_charts_meanwhile()
-            info = cluster.connect(
-                address=address, import_roots=roots, modules=[_top_module(spec)], node=node
-            )
-        try:
-            source = str(spec.source)
-            cluster.check_resources(spec.resources, info, source=source)
-            cluster.check_storage(spec.storage, shared=spec.storage_shared, info=info, source=source)
-            if store is not None:
-                _open_store(store, uri, source)
-            concurrent = cluster.concurrency(spec.resources, info)
-            ready = _Ready(concurrent, ray.put(data.result()), client or store, seeds)
-        except BaseException:
-            cluster.shutdown()
-            raise
-    except BaseException:
-        if node is not None:
-            node.stop()  # if connect did not take it
-        if store is not None:
-            _drop_store_made_by(store, uri)
-        raise
-    try:
-        yield ready
-    finally:
-        if store is not None:
-            store.close()
-        cluster.shutdown()
-
-
-def _warm_start(spec: SweepSpec, uri: str, client: Any) -> WarmStart | None:
-    if not spec.search.warm_start:
-        return None
-    if isinstance(client, ProcessClient):
-        _open_store(client, uri, str(spec.source))
-    return warm_start.gather(spec, client=client, tracking_uri=uri)
-
-
-def _drop_store_made_by(store: ProcessClient, uri: str) -> None:
-    """Close the store; remove its file if this sweep made it, and only then: another sweep
-    started at the same moment may have made it, and be using it now."""
-    path = sqlite_path(uri)
-    if path is not None:
-        with contextlib.suppress(Exception):  # wait for the child's answer: did it make the file?
-            store.ready()
-    store.close()  # after the child is done with the store file
-    if path is not None and store.made_store:
-        path.unlink(missing_ok=True)
-
-
-def _open_store(store: ProcessClient, uri: str, source: str) -> None:
-    """Wait for the writer process to open the store; a store MLflow cannot open (an unknown
-    scheme, a folder store, a database it cannot migrate) is bad input: one line."""
-    try:
-        store.ready()
-    except Exception as exc:
-        raise ConfigError(
-            source, "tracking_uri", f"MLflow cannot open {redact(uri)}: {first_line(exc)}"
-        ) from None
-
-
-def _top_module(spec: SweepSpec) -> str:
-    """The experiment's top-level package or module: what a cluster's workers are sent."""
-    return spec.experiment.partition(":")[0].split(".")[0]
 
 
 def find_sweep(ref: str, *, storage: str | None) -> tuple[Path, dict[str, Any]]:
@@ -327,7 +219,7 @@ class _Sweep:
         folder, trials = sweep_folder(spec.storage, sweep_id), trials_location(spec.storage, sweep_id)
         return cls(spec, roots, concurrent, sweep_id, folder, address, trials)
 
-    def use(self, ready: _Ready) -> _Sweep:
+    def use(self, ready: Ready) -> _Sweep:
         """Take what ``_started`` made ready: the tracking client and the data."""
         self.tracking_client, self.data, self.warm = ready.client, ready.data, ready.warm
         return self
